@@ -55,6 +55,8 @@ class HashPrefixCache(PrefixCache):
                 self._hash_of_block[block] = h
                 self._tokens_of_block[block] = tokens
                 cached = block
+            elif self._tokens_of_block[cached] != tokens:
+                cached = block  # a hash collision: keep the caller's block, uncached
             canonical.append(cached)
         return canonical
 
