@@ -34,6 +34,111 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    """Flags that mirror `LLM(...)`'s arguments (defaults: EngineConfig's)."""
+    g = p.add_argument_group("engine")
+    g.add_argument("--model", default=None, help="local directory or hub id (default: demo)")
+    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    g.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+    g.add_argument("--tensor-parallel-size", type=int, default=1)
+    g.add_argument("--max-model-len", type=int, default=4096)
+    g.add_argument("--max-num-seqs", type=int, default=256)
+    g.add_argument("--max-num-batched-tokens", type=int, default=16384)
+    g.add_argument("--kvcache-block-size", type=int, default=16)
+    g.add_argument("--num-kvcache-blocks", type=int, default=None)
+    g.add_argument("--no-prefix-caching", action="store_true")
+    g.add_argument("--prefix-cache", default="radix", choices=("radix", "hash"))
+    g.add_argument("--attention-backend", default="auto")
+    g.add_argument("--enforce-eager", action="store_true")
+    g.add_argument("--seed", type=int, default=0)
+
+
+def _engine_kwargs(args: argparse.Namespace) -> dict:
+    return dict(device=args.device, dtype=args.dtype,
+                tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len,
+                max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+                kvcache_block_size=args.kvcache_block_size,
+                num_kvcache_blocks=args.num_kvcache_blocks,
+                enable_prefix_caching=not args.no_prefix_caching, prefix_cache=args.prefix_cache,
+                attention_backend=args.attention_backend, enforce_eager=args.enforce_eager,
+                seed=args.seed)
+
+
+def _add_sampling_args(p: argparse.ArgumentParser, temperature: float) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--temperature", type=float, default=temperature)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=-1)
+    g.add_argument("--min-p", type=float, default=0.0)
+    g.add_argument("--max-tokens", type=int, default=256)
+    g.add_argument("--repetition-penalty", type=float, default=1.0)
+    g.add_argument("--stop", action="append", default=None, help="a stop string (repeatable)")
+
+
+def _sampling_params(args: argparse.Namespace):
+    from minillm.config import SamplingParams
+
+    return SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                          min_p=args.min_p, max_tokens=args.max_tokens,
+                          repetition_penalty=args.repetition_penalty, stop=args.stop)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from minillm.llm import LLM
+
+    params = _sampling_params(args)  # bad flags fail before the model loads
+    with LLM(args.model, **_engine_kwargs(args)) as llm:
+        prompt = args.prompt
+        if args.chat:
+            prompt = llm.chat_template([{"role": "user", "content": args.prompt}])
+        for chunk in llm.stream(prompt, params):
+            print(chunk.text, end="", flush=True)
+        print()
+    return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from minillm.llm import LLM
+
+    params = _sampling_params(args)
+    with LLM(args.model, **_engine_kwargs(args)) as llm:
+        return chat_shell(llm, params, input_fn=input)
+
+
+def chat_shell(llm, params, input_fn=input, print_fn=print) -> int:
+    """An interactive multi-turn chat: streamed replies, `/reset` clears history, `/exit` ends."""
+    print_fn("minillm chat: /reset clears the conversation, /exit (or Ctrl-D) quits.")
+    history: list[dict[str, str]] = []
+    while True:
+        try:
+            line = input_fn(">>> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print_fn()
+            return 0
+        if line in ("/exit", "/quit"):
+            return 0
+        if line == "/reset":
+            history.clear()
+            print_fn("(conversation cleared)")
+            continue
+        if not line:
+            continue
+        history.append({"role": "user", "content": line})
+        reply = []
+        for chunk in llm.stream(llm.chat_template(history), params):
+            reply.append(chunk.text)
+            print_fn(chunk.text, end="", flush=True)
+        print_fn()
+        history.append({"role": "assistant", "content": "".join(reply)})
+
+
+def _download(args: argparse.Namespace) -> int:
+    from minillm.hub import resolve_model
+
+    print(resolve_model(args.model))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minillm", description=__doc__)
     parser.add_argument("--version", action="version", version=f"minillm {__version__}")
@@ -60,6 +165,26 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--prefix-cache", choices=("radix", "hash", "off"), default="radix")
     sim.add_argument("--seed", type=int, default=0)
     sim.set_defaults(func=_simulate)
+
+    gen = sub.add_parser("generate", help="complete one prompt, streaming the text")
+    gen.add_argument("prompt")
+    gen.add_argument("--chat", action="store_true", help="wrap the prompt as a user message")
+    _add_engine_args(gen)
+    _add_sampling_args(gen, temperature=0.0)
+    gen.set_defaults(func=_generate)
+
+    chat = sub.add_parser("chat", help="an interactive chat shell")
+    _add_engine_args(chat)
+    _add_sampling_args(chat, temperature=0.7)
+    chat.set_defaults(func=_chat)
+
+    dl = sub.add_parser("download", help="fetch (and convert) a model; prints its directory")
+    dl.add_argument("--model", default=None, help="hub id (default: the demo model)")
+    dl.set_defaults(func=_download)
+
+    from minillm.bench import add_parser as add_bench_parser
+
+    add_bench_parser(sub)
     return parser
 
 

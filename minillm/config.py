@@ -78,6 +78,7 @@ class ModelConfig:
     rope_theta: float = 10000.0
     rope_scaling: dict | None = None
     tie_word_embeddings: bool = False
+    attention_bias: bool = False  # biases on q/k/v projections (Qwen2 has them)
     eos_token_ids: tuple[int, ...] = ()
     torch_dtype: str | None = None
 
@@ -109,6 +110,7 @@ class ModelConfig:
             rope_theta=float(rope_theta or 10000.0),
             rope_scaling=rope_scaling,
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            attention_bias=bool(cfg.get("attention_bias", archs[0] == "Qwen2ForCausalLM")),
             eos_token_ids=eos_ids,
             torch_dtype=cfg.get("torch_dtype") or cfg.get("dtype"),
         )
@@ -244,7 +246,7 @@ class EngineConfig:
 
     @property
     def num_kv_heads_per_rank(self) -> int:
-        """KV heads each tensor-parallel rank stores (replicated when there are fewer than ranks)."""
+        """KV heads each tensor-parallel rank stores (replicated if fewer than ranks)."""
         if self.model_config is None:
             raise ValueError("num_kv_heads_per_rank needs model_config (no model was given)")
         return max(1, self.model_config.num_key_value_heads // self.tensor_parallel_size)

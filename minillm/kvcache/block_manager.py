@@ -59,7 +59,7 @@ class BlockManager:
 
     @classmethod
     def from_config(cls, config: EngineConfig, num_blocks: int | None = None) -> BlockManager:
-        """A pool sized by `num_blocks` (or `config.num_kvcache_blocks`) with the configured cache."""
+        """A pool of `num_blocks` (default `config.num_kvcache_blocks`), configured cache."""
         n = num_blocks if num_blocks is not None else config.num_kvcache_blocks
         if n is None:
             raise ValueError("num_kvcache_blocks=None: the runner sizes the pool; pass num_blocks")
@@ -191,7 +191,8 @@ class BlockManager:
         lines = [f"BlockManager: {self.num_blocks} blocks of {self.block_size} tokens, "
                  f"{self.num_free_blocks} free (incl. evictable)"]
         for name, blocks in states.items():
-            refs = [f"{b}x{self.ref_counts[b]}" if self.ref_counts[b] > 1 else str(b) for b in blocks]
+            refs = [f"{b}x{self.ref_counts[b]}" if self.ref_counts[b] > 1 else str(b)
+                    for b in blocks]
             lines.append(f"  {name:9s} {len(blocks):3d}: {' '.join(refs)}")
         return "\n".join(lines)
 

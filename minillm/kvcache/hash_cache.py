@@ -103,6 +103,6 @@ class HashPrefixCache(PrefixCache):
         for block in sorted(self._hash_of_block):
             tag = " (evictable)" if block in self._evictable else ""
             h = self._hash_of_block[block] & 0xFFFF_FFFF
-            lines.append(f"  block {block}: hash {h:08x} tokens {list(self._tokens_of_block[block])}"
-                         f"{tag}")
+            tokens = list(self._tokens_of_block[block])
+            lines.append(f"  block {block}: hash {h:08x} tokens {tokens}{tag}")
         return "\n".join(lines)

@@ -75,7 +75,8 @@ class RadixPrefixCache(PrefixCache):
                 return
             n = 1  # the first block matched by the dict lookup
             while (n < len(child.blocks) and i + n < num_blocks
-                   and child.key[n * bs : (n + 1) * bs] == list(token_ids[(i + n) * bs : (i + n + 1) * bs])):
+                   and child.key[n * bs : (n + 1) * bs]
+                   == list(token_ids[(i + n) * bs : (i + n + 1) * bs])):
                 n += 1
             if n < len(child.blocks):
                 child = self._split(child, n)
@@ -107,8 +108,9 @@ class RadixPrefixCache(PrefixCache):
             self.events.inserted.add(node.node_id)
             canonical.extend(block_ids[i:])
         elif i < len(block_ids):  # the rest is new: hang it under the deepest matched node
-            new = RadixNode(next(self._node_ids), node, list(token_ids[i * bs : len(block_ids) * bs]),
-                            list(block_ids[i:]), last_access=self._clock)
+            key = list(token_ids[i * bs : len(block_ids) * bs])
+            new = RadixNode(next(self._node_ids), node, key, list(block_ids[i:]),
+                            last_access=self._clock)
             node.children[tuple(new.key[:bs])] = new
             for b in new.blocks:
                 self._node_of_block[b] = new
@@ -124,7 +126,8 @@ class RadixPrefixCache(PrefixCache):
         head = RadixNode(next(self._node_ids), parent, node.key[: num_blocks * bs],
                          node.blocks[:num_blocks], last_access=node.last_access)
         parent.children[tuple(head.key[:bs])] = head
-        node.key, node.blocks, node.parent = node.key[num_blocks * bs :], node.blocks[num_blocks:], head
+        node.key, node.blocks = node.key[num_blocks * bs :], node.blocks[num_blocks:]
+        node.parent = head
         head.children[tuple(node.key[:bs])] = node
         for b in head.blocks:
             self._node_of_block[b] = head

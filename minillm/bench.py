@@ -1,0 +1,170 @@
+"""`minillm bench offline`: offline throughput on a synthetic workload, with an optional peer.
+
+The workload is nano-vllm's: random token-id prompts and output lengths drawn uniformly from
+given ranges with a fixed seed, `ignore_eos`, greedy. minillm runs it through `LLM.generate`;
+`--peer transformers` runs the same prompts through transformers' `generate` in padded
+batches in the same process, so both numbers come from the same machine and run. The result
+is printed and written as JSON to `benchmarks/results/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+
+
+def workload(num_requests: int, prompt_len: tuple[int, int], output_len: tuple[int, int],
+             vocab_size: int, seed: int) -> tuple[list[list[int]], list[int]]:
+    """Random prompts (token ids) and output lengths, uniform in the given inclusive ranges."""
+    rng = random.Random(seed)
+    prompts = [[rng.randrange(vocab_size) for _ in range(rng.randint(*prompt_len))]
+               for _ in range(num_requests)]
+    outputs = [rng.randint(*output_len) for _ in range(num_requests)]
+    return prompts, outputs
+
+
+def device_name(device) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, check=True, cwd=os.path.dirname(__file__))
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, cwd=os.path.dirname(__file__))
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run_minillm(llm, prompts, outputs):
+    from minillm.config import SamplingParams
+
+    params = [SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True) for n in outputs]
+    llm.generate(prompts[:2], [SamplingParams(max_tokens=2)] * 2, use_tqdm=False)  # warm-up
+    start = time.perf_counter()
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    elapsed = time.perf_counter() - start
+    return [o.token_ids for o in outs], elapsed
+
+
+def run_transformers(model_dir: str, prompts, outputs, device, dtype, batch_size: int):
+    """transformers' `generate` with left-padded batches; each batch runs to its longest
+    requested output, and only the requested tokens count."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+    tokens: list[list[int]] = []
+    start = time.perf_counter()
+    for i in range(0, len(prompts), batch_size):
+        chunk, lens = prompts[i : i + batch_size], outputs[i : i + batch_size]
+        width = max(len(p) for p in chunk)
+        ids = torch.tensor([[0] * (width - len(p)) + p for p in chunk], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk],
+                            device=device)
+        with torch.inference_mode():
+            out = model.generate(ids, attention_mask=mask, max_new_tokens=max(lens),
+                                 min_new_tokens=max(lens), do_sample=False, pad_token_id=0)
+        tokens += [out[j, width : width + n].tolist() for j, n in enumerate(lens)]
+    return tokens, time.perf_counter() - start
+
+
+def offline(args: argparse.Namespace) -> dict:
+    from minillm.llm import LLM
+
+    llm = LLM(args.model, device=args.device, dtype=args.dtype,
+              tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len,
+              max_num_seqs=args.max_num_seqs, enforce_eager=args.enforce_eager,
+              attention_backend=args.attention_backend)
+    mc = llm.config.model_config
+    prompts, outputs = workload(args.num_requests, (args.min_prompt, args.max_prompt),
+                                (args.min_output, args.max_output), mc.vocab_size, args.seed)
+    tokens, elapsed = run_minillm(llm, prompts, outputs)
+    out_tokens, in_tokens = sum(outputs), sum(len(p) for p in prompts)
+    runner = llm.engine.runner
+    result = {
+        "engine": "minillm",
+        "device": device_name(runner.device),
+        "model": os.path.basename(os.path.normpath(llm.config.model)),
+        "dtype": runner.dtype_name,
+        "command": "minillm " + " ".join(sys.argv[1:]) if args.command is None else args.command,
+        "commit": git_commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "num_requests": args.num_requests,
+        "prompt_tokens": in_tokens,
+        "output_tokens": out_tokens,
+        "elapsed_s": round(elapsed, 3),
+        "output_tokens_per_s": round(out_tokens / elapsed, 2),
+        "total_tokens_per_s": round((in_tokens + out_tokens) / elapsed, 2),
+        "tensor_parallel_size": args.tensor_parallel_size,
+        "stats": llm.stats(),
+    }
+    if args.peer == "transformers":
+        import torch
+
+        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16,
+                 "float16": torch.float16}[runner.dtype_name]
+        model_dir = llm.config.model
+        llm.close()
+        peer_tokens, peer_s = run_transformers(model_dir, prompts, outputs, runner.device, dtype,
+                                               args.peer_batch_size)
+        result.update({
+            "peer_engine": "transformers.generate (padded batches of "
+                           f"{args.peer_batch_size})",
+            "peer_elapsed_s": round(peer_s, 3),
+            "peer_output_tokens_per_s": round(out_tokens / peer_s, 2),
+            "speedup_vs_peer": round(peer_s / elapsed, 2),
+            "greedy_requests_equal_to_peer": sum(a == b for a, b in zip(tokens, peer_tokens)),
+        })
+    return result
+
+
+def add_parser(sub) -> None:
+    bench = sub.add_parser("bench", help="benchmarks (results go to benchmarks/results/)")
+    kinds = bench.add_subparsers(dest="bench_kind", required=True)
+    p = kinds.add_parser("offline", help="offline throughput on a synthetic workload")
+    p.add_argument("--model", default=None, help="local directory or hub id (default: demo)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--tensor-parallel-size", type=int, default=1)
+    p.add_argument("--max-model-len", type=int, default=4096)
+    p.add_argument("--max-num-seqs", type=int, default=256)
+    p.add_argument("--enforce-eager", action="store_true")
+    p.add_argument("--attention-backend", default="auto")
+    p.add_argument("--num-requests", type=int, default=32)
+    p.add_argument("--min-prompt", type=int, default=16)
+    p.add_argument("--max-prompt", type=int, default=256)
+    p.add_argument("--min-output", type=int, default=16)
+    p.add_argument("--max-output", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--peer", choices=("none", "transformers"), default="none")
+    p.add_argument("--peer-batch-size", type=int, default=32)
+    p.add_argument("--output", default=None, help="JSON path (default: benchmarks/results/...)")
+    p.add_argument("--command", default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    result = offline(args)
+    print(json.dumps({k: v for k, v in result.items() if k != "stats"}, indent=2))
+    path = args.output or os.path.join(
+        "benchmarks", "results",
+        f"offline_{result['model']}_{result['device'].split()[0].lower()}_{result['commit']}.json")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"written to {path}")
+    return 0

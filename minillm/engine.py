@@ -1,0 +1,172 @@
+"""The engine loop: requests in, scheduler → runner → scheduler each step, text out.
+
+`LLMEngine` ties the pieces together for one process: the tokenizer turns prompts into token
+ids, the scheduler picks each step's work, the model runner computes and samples, and an
+incremental detokenizer per request turns tokens into text, cutting at stop strings. The `LLM`
+class and the server drive it through `add_request` / `step` / `abort`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from minillm.config import EngineConfig, SamplingParams
+from minillm.runner import ModelRunner
+from minillm.scheduler import Scheduler
+from minillm.sequence import Sequence, SequenceStatus
+from minillm.tokenizer import IncrementalDetokenizer, Tokenizer, find_stop, stop_holdback
+
+Prompt = str | list[int]
+
+
+@dataclass
+class RequestOutput:
+    """A request's state after a step: cumulative text and tokens, plus what is new."""
+
+    request_id: int
+    prompt: str | None
+    prompt_token_ids: list[int]
+    text: str  # completion text so far (stop strings cut off)
+    token_ids: list[int]  # completion token ids so far
+    delta_text: str = ""  # text new since the previous output of this request
+    delta_token_ids: list[int] = field(default_factory=list)
+    finished: bool = False
+    finish_reason: str | None = None  # "stop" | "length" | "abort"
+    num_cached_tokens: int = 0  # prompt tokens served by the prefix cache
+    logprobs: list[dict] | None = None  # per token: {"token_id", "logprob", "top": [(id, lp)]}
+
+
+@dataclass
+class _Request:
+    seq: Sequence
+    prompt: str | None
+    detokenizer: IncrementalDetokenizer
+    text: str = ""  # visible completion text (after stop-string cuts)
+    num_emitted_chars: int = 0  # of `text`, already returned as deltas
+    num_emitted_tokens: int = 0
+    logprobs: list[dict] | None = None
+
+
+class LLMEngine:
+    """One process's engine: `add_request`, then `step` until `has_unfinished()` is False."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.tokenizer = Tokenizer(config.model)
+        config.eos_token_ids = tuple(dict.fromkeys((*config.eos_token_ids,
+                                                    *self.tokenizer.eos_token_ids)))
+        self.runner = ModelRunner(config)
+        self.scheduler = Scheduler(config)
+        self.vocab_size = config.model_config.vocab_size
+        self._requests: dict[int, _Request] = {}
+
+    # ---- requests ----
+
+    def encode_prompt(self, prompt: Prompt) -> list[int]:
+        """Token ids of a prompt, validated: non-empty, in the vocabulary, short enough."""
+        if isinstance(prompt, str):
+            if not prompt:
+                raise ValueError("prompt='' is invalid: a prompt needs at least one token")
+            ids = self.tokenizer.encode(prompt)
+        elif isinstance(prompt, (list, tuple)):
+            ids = list(prompt)
+            bad = [t for t in ids if isinstance(t, bool) or not isinstance(t, int)
+                   or not 0 <= t < self.vocab_size]
+            if bad:
+                raise ValueError(f"prompt token ids {bad[:5]} are invalid: each must be an int in "
+                                 f"[0, {self.vocab_size - 1}]")
+        else:
+            raise ValueError(f"prompt of type {type(prompt).__name__} is invalid: must be a "
+                             "string or a list of token ids")
+        if not ids:
+            raise ValueError("prompt is invalid: it has no tokens")
+        limit = self.config.max_model_len
+        if len(ids) >= limit:
+            raise ValueError(f"prompt has {len(ids)} tokens, too many for max_model_len={limit}:"
+                             f" a prompt may have at most {limit - 1} tokens")
+        return ids
+
+    def add_request(self, prompt: Prompt, params: SamplingParams | None = None,
+                    prompt_token_ids: list[int] | None = None) -> int:
+        """Queue a request; returns its id. Raises ValueError before queueing if it is bad."""
+        params = params if params is not None else SamplingParams()
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"params of type {type(params).__name__} is invalid: must be "
+                             "SamplingParams")
+        ids = prompt_token_ids if prompt_token_ids is not None else self.encode_prompt(prompt)
+        seq = Sequence(ids, params)
+        self.scheduler.add(seq)
+        self._requests[seq.seq_id] = _Request(
+            seq, prompt if isinstance(prompt, str) else None,
+            IncrementalDetokenizer(self.tokenizer, ids),
+            logprobs=[] if params.logprobs is not None else None)
+        return seq.seq_id
+
+    def abort(self, request_id: int) -> None:
+        """Stop a request now; its KV blocks are freed. Unknown ids are ignored."""
+        if self.scheduler.abort(request_id) is not None:
+            self._requests.pop(request_id, None)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    # ---- one step ----
+
+    def step(self) -> list[RequestOutput]:
+        """Schedule, run and sample one step; outputs for the requests that got a token."""
+        if not self.scheduler.has_unfinished():
+            return []
+        batch = self.scheduler.schedule()
+        if batch.is_empty:
+            return []
+        sampled = self.runner.run(batch)
+        tokens = sampled.token_ids.tolist()
+        self.scheduler.postprocess(batch, tokens)
+        seqs = [s for s, ok in zip(batch.seqs, batch.sampled) if ok]
+        outputs = []
+        for row, seq in enumerate(seqs):
+            req = self._requests.get(seq.seq_id)
+            if req is None or seq.status is SequenceStatus.WAITING:
+                continue
+            if req.logprobs is not None:
+                req.logprobs.append(sampled.row_logprobs(row))
+            outputs.append(self._update(req, tokens[row]))
+            if req.seq.is_finished:
+                del self._requests[seq.seq_id]
+        return outputs
+
+    def _update(self, req: _Request, token: int) -> RequestOutput:
+        """Detokenize the new token, apply stop strings, and say what is new."""
+        seq, stops = req.seq, req.seq.params.stop
+        before = len(req.detokenizer.text)
+        req.detokenizer.add(token)
+        if seq.is_finished:
+            req.detokenizer.flush()
+        text = req.detokenizer.text
+        if stops:
+            cut = find_stop(text, stops, before)
+            if cut is not None:
+                text = text[:cut]
+                if seq.is_finished:
+                    seq.finish_reason = "stop"  # the stop string came with the last token
+                else:
+                    self.scheduler.finish(seq, "stop")
+        visible = text if seq.is_finished or not stops else text[: len(text) -
+                                                                  stop_holdback(text, stops)]
+        req.text = text
+        delta = visible[req.num_emitted_chars:]
+        req.num_emitted_chars = len(visible)
+        completion = seq.completion_token_ids
+        new_tokens = completion[req.num_emitted_tokens:]
+        req.num_emitted_tokens = len(completion)
+        return RequestOutput(
+            request_id=seq.seq_id, prompt=req.prompt, prompt_token_ids=seq.prompt_token_ids,
+            text=text if seq.is_finished else visible, token_ids=completion, delta_text=delta,
+            delta_token_ids=new_tokens, finished=seq.is_finished, finish_reason=seq.finish_reason,
+            num_cached_tokens=seq.num_cached_tokens, logprobs=req.logprobs)
+
+    def stats(self) -> dict[str, float]:
+        """Scheduler counters plus the KV cache's size."""
+        out = dict(self.scheduler.stats())
+        out["kv_cache_bytes"] = self.runner.kv_cache_bytes()
+        return out

@@ -1,0 +1,185 @@
+"""The model runner: turns a scheduled `Batch` into tensors, runs the model, samples.
+
+It owns the model, the KV cache tensor and the sampler. One step:
+
+1. `prepare(batch)`: pack the step's new tokens of all sequences into flat input ids and
+   positions, and build the `AttentionMetadata` (slot mapping, block tables, lengths);
+2. `forward(batch)`: run the model and compute logits for the sampled rows only;
+3. `sample(...)`: pick the next token of each sampled sequence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+
+import torch
+
+from minillm.attention import AttentionMetadata, get_backend
+from minillm.config import DTYPE_BYTES, EngineConfig
+from minillm.loader import load_weights
+from minillm.models import build_model
+from minillm.sampling import Sampler, SamplerOutput, SamplingBatch
+from minillm.scheduler import Batch
+
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' is CUDA when a GPU is visible, else the CPU."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' is invalid here: no CUDA GPU is visible (use 'cpu')")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> str:
+    """'auto' is bfloat16 on a GPU and float32 on the CPU (fast and exact there)."""
+    if dtype == "auto":
+        return "bfloat16" if device.type == "cuda" else "float32"
+    return dtype
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype):
+    """Create parameters directly in `dtype` (no float32 copy of the whole model first)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+class ModelRunner:
+    """Owns the model, its paged KV cache and the sampler for one rank."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        if config.model_config is None or config.model is None:
+            raise ValueError("ModelRunner needs a model directory (EngineConfig.model)")
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.dtype_name = resolve_dtype(config.dtype, self.device)
+        self.dtype = TORCH_DTYPES[self.dtype_name]
+        self.backend = get_backend(config.attention_backend, self.device.type)
+        self.block_size = config.kvcache_block_size
+        torch.manual_seed(config.seed)
+        with torch.device(self.device), default_dtype(self.dtype):
+            self.model = build_model(config.model_config, config.max_model_len, self.backend)
+        load_weights(self.model, config.model)
+        self.model.eval()
+        self.attention_layers = [m for m in self.model.modules() if hasattr(m, "k_cache")]
+        config.num_kvcache_blocks = self._num_kv_blocks()
+        self.kv_cache = self._allocate_kv_cache(config.num_kvcache_blocks)
+        self.sampler = Sampler()
+        self._step_seeds = itertools.count()
+
+    # ---- the KV cache ----
+
+    def _num_kv_blocks(self) -> int:
+        """Blocks that fit the memory budget: the CPU byte budget, or the GPU's free memory
+        (times `gpu_memory_utilization`) after a profiling pass at the full token budget."""
+        cfg = self.config
+        if cfg.num_kvcache_blocks is not None:
+            return cfg.num_kvcache_blocks
+        per_block = cfg.kv_bytes_per_block(self.dtype_name)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._profile_pass()
+            free, total = torch.cuda.mem_get_info(self.device)
+            peak_extra = torch.cuda.max_memory_allocated() - torch.cuda.memory_allocated()
+            budget = int(total * cfg.gpu_memory_utilization) - (total - free) - peak_extra
+        else:
+            budget = cfg.cpu_kvcache_bytes
+        useful = cfg.max_num_seqs * cfg.max_blocks_per_seq  # more could never be used at once
+        blocks = min(budget // per_block, useful)
+        if blocks < cfg.max_blocks_per_seq:
+            raise ValueError(
+                f"the KV cache budget holds {max(blocks, 0)} blocks of {self.block_size} tokens, "
+                f"fewer than one sequence of max_model_len={cfg.max_model_len} needs "
+                f"({cfg.max_blocks_per_seq}): lower max_model_len or raise the memory budget")
+        return int(blocks)
+
+    @torch.inference_mode()
+    def _profile_pass(self) -> None:
+        """A forward over the largest step the scheduler can build, to measure activations."""
+        cfg = self.config
+        total = cfg.max_num_batched_tokens
+        lens = [min(cfg.max_model_len, total - i) for i in range(0, total, cfg.max_model_len)]
+        ids = torch.zeros(total, dtype=torch.long, device=self.device)
+        positions = torch.cat([torch.arange(n, device=self.device) for n in lens])
+        meta = self._metadata(lens, lens, torch.zeros(0, dtype=torch.long), [[0]] * len(lens))
+        self.model(ids, positions, meta)
+        torch.cuda.synchronize(self.device)
+
+    def _allocate_kv_cache(self, num_blocks: int) -> torch.Tensor:
+        """One tensor for all layers: [2 (k, v), layers, blocks, block_size, kv_heads, head_dim].
+        Zeroed: padded reads of a block table must never meet NaN garbage."""
+        mc = self.config.model_config
+        kv_heads = self.attention_layers[0].num_kv_heads if self.attention_layers else 1
+        cache = torch.zeros(2, mc.num_hidden_layers, num_blocks, self.block_size, kv_heads,
+                            mc.head_dim, dtype=self.dtype, device=self.device)
+        for i, layer in enumerate(self.attention_layers):
+            layer.k_cache, layer.v_cache = cache[0, i], cache[1, i]
+        return cache
+
+    def kv_cache_bytes(self) -> int:
+        return self.kv_cache.numel() * DTYPE_BYTES[self.dtype_name]
+
+    # ---- one step ----
+
+    def _metadata(self, query_lens: list[int], seq_lens: list[int], slots: torch.Tensor,
+                  tables: list[list[int]]) -> AttentionMetadata:
+        dev = self.device
+        width = max(len(t) for t in tables)
+        padded = [t + [0] * (width - len(t)) for t in tables]
+        cu = [0, *itertools.accumulate(query_lens)]
+        return AttentionMetadata(
+            slot_mapping=slots.to(dev),
+            cu_seqlens_q=torch.tensor(cu, dtype=torch.int32, device=dev),
+            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
+            block_tables=torch.tensor(padded, dtype=torch.int32, device=dev),
+            max_query_len=max(query_lens), max_seq_len=max(seq_lens),
+            block_size=self.block_size, seq_lens_cpu=seq_lens, query_lens_cpu=query_lens)
+
+    def prepare(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+        """Flat input ids and positions of the step's new tokens, and their attention metadata."""
+        bs = self.block_size
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+            start, table = seq.num_computed_tokens, seq.block_table
+            end = start + n
+            input_ids.extend(seq.token_ids[start:end])
+            positions.extend(range(start, end))
+            for i in range(start // bs, (end - 1) // bs + 1):  # the blocks this chunk touches
+                lo, hi = max(start, i * bs), min(end, (i + 1) * bs)
+                base = table[i] * bs - i * bs
+                slots.extend(range(base + lo, base + hi))
+        seq_lens = [s.num_computed_tokens + n for s, n in zip(batch.seqs, batch.num_new_tokens)]
+        meta = self._metadata(batch.num_new_tokens, seq_lens, torch.tensor(slots, dtype=torch.long),
+                              [s.block_table for s in batch.seqs])
+        dev = self.device
+        return (torch.tensor(input_ids, dtype=torch.long, device=dev),
+                torch.tensor(positions, dtype=torch.long, device=dev), meta)
+
+    @torch.inference_mode()
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Run the model over the step; logits [num_sampled, vocab] for the sampled rows."""
+        input_ids, positions, meta = self.prepare(batch)
+        hidden = self.model(input_ids, positions, meta)  # [num_tokens, hidden_size]
+        last = meta.cu_seqlens_q[1:] - 1  # each sequence's last new token
+        rows = last[torch.tensor(batch.sampled, device=self.device)]
+        return self.model.compute_logits(hidden[rows])
+
+    @torch.inference_mode()
+    def run(self, batch: Batch) -> SamplerOutput:
+        """Forward and sample: one token per sequence with `batch.sampled` True."""
+        logits = self.forward(batch)
+        seqs = [s for s, ok in zip(batch.seqs, batch.sampled) if ok]
+        sampling = SamplingBatch.from_sequences(
+            seqs, vocab_size=logits.shape[-1], eos_token_ids=self.config.eos_token_ids,
+            device=self.device, step_seed=self.config.seed * 1_000_003 + next(self._step_seeds))
+        return self.sampler(logits, sampling)
