@@ -21,6 +21,7 @@ from minillm.loader import load_weights
 from minillm.models import build_model
 from minillm.sampling import Sampler, SamplerOutput, SamplingBatch
 from minillm.scheduler import Batch
+from minillm.sequence import StepInput
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -143,41 +144,44 @@ class ModelRunner:
             max_query_len=max(query_lens), max_seq_len=max(seq_lens),
             block_size=self.block_size, seq_lens_cpu=seq_lens, query_lens_cpu=query_lens)
 
-    def prepare(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+    def prepare(self, inputs: list[StepInput],
+                ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
         """Flat input ids and positions of the step's new tokens, and their attention metadata."""
         bs = self.block_size
         input_ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
-        for seq, n in zip(batch.seqs, batch.num_new_tokens):
-            start, table = seq.num_computed_tokens, seq.block_table
-            end = start + n
-            input_ids.extend(seq.token_ids[start:end])
+        for inp in inputs:
+            start, table = inp.start_pos, inp.block_table
+            end = start + len(inp.token_ids)
+            input_ids.extend(inp.token_ids)
             positions.extend(range(start, end))
             for i in range(start // bs, (end - 1) // bs + 1):  # the blocks this chunk touches
                 lo, hi = max(start, i * bs), min(end, (i + 1) * bs)
                 base = table[i] * bs - i * bs
                 slots.extend(range(base + lo, base + hi))
-        seq_lens = [s.num_computed_tokens + n for s, n in zip(batch.seqs, batch.num_new_tokens)]
-        meta = self._metadata(batch.num_new_tokens, seq_lens, torch.tensor(slots, dtype=torch.long),
-                              [s.block_table for s in batch.seqs])
+        query_lens = [len(inp.token_ids) for inp in inputs]
+        seq_lens = [inp.start_pos + len(inp.token_ids) for inp in inputs]
+        meta = self._metadata(query_lens, seq_lens, torch.tensor(slots, dtype=torch.long),
+                              [list(inp.block_table) for inp in inputs])
         dev = self.device
         return (torch.tensor(input_ids, dtype=torch.long, device=dev),
                 torch.tensor(positions, dtype=torch.long, device=dev), meta)
 
     @torch.inference_mode()
-    def forward(self, batch: Batch) -> torch.Tensor:
-        """Run the model over the step; logits [num_sampled, vocab] for the sampled rows."""
-        input_ids, positions, meta = self.prepare(batch)
+    def forward(self, inputs: list[StepInput], sampled: list[bool]) -> torch.Tensor | None:
+        """Run the model over one step; logits [num_sampled, vocab] of the sampled rows (on
+        rank 0; None on other tensor-parallel ranks)."""
+        input_ids, positions, meta = self.prepare(inputs)
         hidden = self.model(input_ids, positions, meta)  # [num_tokens, hidden_size]
         last = meta.cu_seqlens_q[1:] - 1  # each sequence's last new token
-        rows = last[torch.tensor(batch.sampled, device=self.device)]
+        rows = last[torch.tensor(sampled, device=self.device)]
         return self.model.compute_logits(hidden[rows])
 
     @torch.inference_mode()
     def run(self, batch: Batch) -> SamplerOutput:
         """Forward and sample: one token per sequence with `batch.sampled` True."""
-        logits = self.forward(batch)
+        logits = self.forward(batch.step_inputs(), batch.sampled)
         seqs = [s for s, ok in zip(batch.seqs, batch.sampled) if ok]
         sampling = SamplingBatch.from_sequences(
             seqs, vocab_size=logits.shape[-1], eos_token_ids=self.config.eos_token_ids,

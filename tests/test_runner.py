@@ -35,6 +35,10 @@ def make_runner(path, **kw) -> tuple[ModelRunner, Scheduler]:
     return runner, Scheduler(config)
 
 
+def _inputs(batch):
+    return batch.step_inputs(), batch.sampled
+
+
 def test_prefill_logits_match_transformers_on_mixed_lengths(checkpoint):
     runner, scheduler = make_runner(checkpoint)
     gen = torch.Generator().manual_seed(0)
@@ -43,7 +47,7 @@ def test_prefill_logits_match_transformers_on_mixed_lengths(checkpoint):
         scheduler.add(Sequence(p, SamplingParams(temperature=0.0)))
     batch = scheduler.schedule()
     assert len(batch.seqs) == len(prompts) and all(batch.sampled)
-    logits = runner.forward(batch)
+    logits = runner.forward(batch.step_inputs(), batch.sampled)
     hf = hf_model(checkpoint)
     with torch.no_grad():
         for row, p in enumerate(prompts):
@@ -62,7 +66,7 @@ def test_greedy_decode_matches_transformers_for_32_steps(checkpoint):
     hf = hf_model(checkpoint)
     while scheduler.has_unfinished():
         batch = scheduler.schedule()
-        logits = runner.forward(batch)
+        logits = runner.forward(batch.step_inputs(), batch.sampled)
         sampled = [s for s, ok in zip(batch.seqs, batch.sampled) if ok]
         with torch.no_grad():  # every step's logits, not only the final tokens
             for row, s in enumerate(sampled):
@@ -82,11 +86,11 @@ def test_decode_path_equals_prefill_path(checkpoint):
     seq = Sequence(list(range(1, 40)), SamplingParams(temperature=0.0, max_tokens=2))
     scheduler.add(seq)
     batch = scheduler.schedule()
-    first = runner.forward(batch).argmax(-1).tolist()
+    first = runner.forward(batch.step_inputs(), batch.sampled).argmax(-1).tolist()
     scheduler.postprocess(batch, first)
     batch = scheduler.schedule()  # a decode step over the paged cache
-    decode_logits = runner.forward(batch)
+    decode_logits = runner.forward(batch.step_inputs(), batch.sampled)
     fresh_runner, fresh_scheduler = make_runner(checkpoint, kvcache_block_size=16)
     fresh_scheduler.add(Sequence(seq.token_ids, SamplingParams(temperature=0.0)))
-    prefill_logits = fresh_runner.forward(fresh_scheduler.schedule())
+    prefill_logits = fresh_runner.forward(*_inputs(fresh_scheduler.schedule()))
     torch.testing.assert_close(decode_logits, prefill_logits, atol=1e-4, rtol=1e-4)
