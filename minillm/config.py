@@ -193,6 +193,10 @@ class EngineConfig:
             if not self.eos_token_ids:
                 self.eos_token_ids = mc.eos_token_ids
             self._check_tensor_parallel(mc)
+        if not isinstance(self.eos_token_ids, (list, tuple)):
+            _fail("eos_token_ids", self.eos_token_ids, "must be a list of token ids")
+        for t in self.eos_token_ids:
+            _check_int("eos_token_ids[...]", t, 0)
         self.eos_token_ids = tuple(self.eos_token_ids)
 
         if self.max_num_batched_tokens < self.max_num_seqs:

@@ -1,0 +1,45 @@
+"""Pictures and text views of the engine's state, for notebooks, docs and terminals.
+
+Every `draw_*` function takes the real engine objects (a `BlockManager`, sequences, a
+`RadixPrefixCache`, a scheduler trace) and returns a matplotlib `Figure`; it never changes what
+it draws. Each figure has a text twin (`*_text`) that notebooks check exactly under nbval and a
+terminal can print. matplotlib and ipywidgets are imported inside the functions that use them,
+so importing this package (or `minillm`) stays light, and the core modules never import it.
+
+To drive a scheduler without a model, use `minillm.simulate` (made-up tokens).
+"""
+
+from minillm.viz.block_tables import block_tables_text, draw_block_tables
+from minillm.viz.blocks import block_owners, block_pool_text, draw_block_pool
+from minillm.viz.radix import draw_radix_tree, radix_events_text, tidy_layout
+from minillm.viz.stats import draw_stats, stats_table_text
+from minillm.viz.style import abbreviate_tokens, seq_color
+from minillm.viz.timeline import (
+    draw_kv_usage,
+    draw_scheduler_trace,
+    draw_timeline,
+    timeline_cells,
+    timeline_text,
+)
+from minillm.viz.widgets import SchedulerStepper
+
+__all__ = [
+    "SchedulerStepper",
+    "abbreviate_tokens",
+    "block_owners",
+    "block_pool_text",
+    "block_tables_text",
+    "draw_block_pool",
+    "draw_block_tables",
+    "draw_kv_usage",
+    "draw_radix_tree",
+    "draw_scheduler_trace",
+    "draw_stats",
+    "draw_timeline",
+    "radix_events_text",
+    "seq_color",
+    "stats_table_text",
+    "tidy_layout",
+    "timeline_cells",
+    "timeline_text",
+]
