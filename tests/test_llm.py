@@ -45,8 +45,8 @@ def reference(checkpoint, prompts):
     (dict(max_num_seqs=2), None),
     (dict(num_kvcache_blocks=40), "preemptions"),
     (dict(max_num_batched_tokens=16, max_num_seqs=8), "chunked"),
-    (dict(prefix_cache="hash"), "hits"),
-    (dict(prefix_cache="radix"), "hits"),
+    (dict(prefix_cache="hash", max_num_seqs=2), "hits"),  # later admissions hit
+    (dict(prefix_cache="radix", max_num_seqs=2), "hits"),
     (dict(enable_prefix_caching=False), None),
     (dict(kvcache_block_size=16, num_kvcache_blocks=64), None),
 ])
