@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from minillm.config import EngineConfig, SamplingParams
-from minillm.runner import ModelRunner
+from minillm.runner import ModelRunner, resolve_device
 from minillm.scheduler import Scheduler
 from minillm.sequence import Sequence, SequenceStatus
 from minillm.tokenizer import IncrementalDetokenizer, Tokenizer, find_stop, stop_holdback
@@ -55,6 +55,11 @@ class LLMEngine:
         self.tokenizer = Tokenizer(config.model)
         config.eos_token_ids = tuple(dict.fromkeys((*config.eos_token_ids,
                                                     *self.tokenizer.eos_token_ids)))
+        self.workers = None
+        if config.tensor_parallel_size > 1:
+            from minillm.worker import WorkerGroup
+
+            self.workers = WorkerGroup(config, resolve_device(config.device).type)
         self.runner = ModelRunner(config)
         self.scheduler = Scheduler(config)
         self.vocab_size = config.model_config.vocab_size
@@ -119,7 +124,17 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         if batch.is_empty:
             return []
-        sampled = self.runner.run(batch)
+        inputs = batch.step_inputs()
+        if self.workers is not None:
+            self.workers.step(inputs, batch.sampled)
+        try:
+            sampled = self.runner.run(batch, inputs)
+        except RuntimeError:
+            if self.workers is not None:
+                self.workers.check_alive()  # a dead worker explains the failure best
+            raise
+        if self.workers is not None:
+            self.workers.step_done()
         tokens = sampled.token_ids.tolist()
         self.scheduler.postprocess(batch, tokens)
         seqs = [s for s, ok in zip(batch.seqs, batch.sampled) if ok]
@@ -164,6 +179,12 @@ class LLMEngine:
             text=text if seq.is_finished else visible, token_ids=completion, delta_text=delta,
             delta_token_ids=new_tokens, finished=seq.is_finished, finish_reason=seq.finish_reason,
             num_cached_tokens=seq.num_cached_tokens, logprobs=req.logprobs)
+
+    def close(self) -> None:
+        """End the tensor-parallel workers (if any); the engine cannot step afterwards."""
+        if self.workers is not None:
+            self.workers.close()
+            self.workers = None
 
     def stats(self) -> dict[str, float]:
         """Scheduler counters plus the KV cache's size."""

@@ -153,6 +153,7 @@ class LLM:
             return
         for seq in list(engine.scheduler.running) + list(engine.scheduler.waiting):
             engine.abort(seq.seq_id)
+        engine.close()
         self.engine = None
 
     def __enter__(self) -> LLM:

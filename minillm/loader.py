@@ -60,16 +60,16 @@ def load_weights(model: nn.Module, model_dir: str) -> None:
                                          f": the model has no parameter for it")
                     target, shard_id = _target(name, mapping)
                     param = params[target]
-                    tensor = f.get_tensor(name)
+                    lazy = f.get_slice(name)  # read from disk only what the loader slices
                     loader = getattr(param, "weight_loader", None)
                     try:
                         if loader is None:
-                            param.data.copy_(tensor)
+                            param.data.copy_(lazy[:])
                         else:
-                            loader(param, tensor, shard_id)
-                    except RuntimeError as e:
-                        raise ValueError(f"tensor {name!r} of shape {tuple(tensor.shape)} does "
-                                         f"not fit parameter {target!r}: {e}") from e
+                            loader(param, lazy, shard_id)
+                    except (RuntimeError, IndexError, ValueError) as e:
+                        raise ValueError(f"tensor {name!r} of shape {tuple(lazy.get_shape())} "
+                                         f"does not fit parameter {target!r}: {e}") from e
                     seen.add(name)
     missing = sorted(expected - seen)
     if missing:

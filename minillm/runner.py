@@ -17,6 +17,7 @@ import torch
 
 from minillm.attention import AttentionMetadata, get_backend
 from minillm.config import DTYPE_BYTES, EngineConfig
+from minillm.distributed import local_rank, min_over_ranks
 from minillm.loader import load_weights
 from minillm.models import build_model
 from minillm.sampling import Sampler, SamplerOutput, SamplingBatch
@@ -27,11 +28,14 @@ TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16":
 
 
 def resolve_device(device: str) -> torch.device:
-    """'auto' is CUDA when a GPU is visible, else the CPU."""
+    """'auto' is CUDA when a GPU is visible, else the CPU. Tensor-parallel rank r on CUDA uses
+    the GPU of its local rank."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' is invalid here: no CUDA GPU is visible (use 'cpu')")
+    if device == "cuda":
+        return torch.device("cuda", local_rank())
     return torch.device(device)
 
 
@@ -71,7 +75,7 @@ class ModelRunner:
         load_weights(self.model, config.model)
         self.model.eval()
         self.attention_layers = [m for m in self.model.modules() if hasattr(m, "k_cache")]
-        config.num_kvcache_blocks = self._num_kv_blocks()
+        config.num_kvcache_blocks = min_over_ranks(self._num_kv_blocks())  # same on all ranks
         self.kv_cache = self._allocate_kv_cache(config.num_kvcache_blocks)
         self.sampler = Sampler()
         self._step_seeds = itertools.count()
@@ -179,9 +183,10 @@ class ModelRunner:
         return self.model.compute_logits(hidden[rows])
 
     @torch.inference_mode()
-    def run(self, batch: Batch) -> SamplerOutput:
+    def run(self, batch: Batch, inputs: list[StepInput] | None = None) -> SamplerOutput:
         """Forward and sample: one token per sequence with `batch.sampled` True."""
-        logits = self.forward(batch.step_inputs(), batch.sampled)
+        inputs = batch.step_inputs() if inputs is None else inputs
+        logits = self.forward(inputs, batch.sampled)
         seqs = [s for s, ok in zip(batch.seqs, batch.sampled) if ok]
         sampling = SamplingBatch.from_sequences(
             seqs, vocab_size=logits.shape[-1], eos_token_ids=self.config.eos_token_ids,

@@ -23,9 +23,9 @@ class VocabParallelEmbedding(nn.Module):
         self.weight = nn.Parameter(torch.empty(self.shard_size, hidden_size))
         self.weight.weight_loader = self.weight_loader
 
-    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
+    def weight_loader(self, param: nn.Parameter, loaded, shard_id=None) -> None:
         rows = max(0, min(self.shard_size, self.vocab_size - self.vocab_start))
-        param.data[:rows].copy_(loaded.narrow(0, self.vocab_start, rows))
+        param.data[:rows].copy_(loaded[self.vocab_start : self.vocab_start + rows])
         param.data[rows:].zero_()
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,10 @@
 """Linear layers written for tensor parallelism; with one rank they are plain linears.
 
-Sharding lives on the parameter: each layer gives its weight a `weight_loader(param, tensor,
-shard_id)` that copies the slice of a checkpoint tensor this rank owns. The loader just calls
-it, so no name tables of sharding rules live elsewhere.
+Sharding lives on the parameter: each layer gives its weight a `weight_loader(param, loaded,
+shard_id)` that copies the slice of a checkpoint tensor this rank owns. `loaded` is a tensor or
+a lazy safetensors slice: both support `loaded[a:b]` and `loaded[:, a:b]`, and a slice reads
+only those rows or columns from disk, so a rank never holds a full copy of a sharded weight.
+The loader just calls it, so no name tables of sharding rules live elsewhere.
 
 - column-parallel: the output features are split; each rank computes its slice, no exchange.
 - row-parallel: the input features are split; partial outputs are summed by an all-reduce.
@@ -30,8 +32,8 @@ class LinearBase(nn.Module):
         else:
             self.register_parameter("bias", None)
 
-    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
-        param.data.copy_(loaded)
+    def weight_loader(self, param: nn.Parameter, loaded, shard_id=None) -> None:
+        param.data.copy_(loaded[:])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
@@ -50,9 +52,10 @@ class ColumnParallelLinear(LinearBase):
             raise ValueError(f"out_features={out_features} must divide by {size} ranks")
         super().__init__(in_features, out_features // size, bias)
 
-    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
+    def weight_loader(self, param: nn.Parameter, loaded, shard_id=None) -> None:
         rows = param.shape[0]
-        param.data.copy_(loaded.narrow(0, self.tp_rank * rows, rows))
+        start = self.tp_rank * rows
+        param.data.copy_(loaded[start : start + rows])
 
 
 class MergedColumnParallelLinear(ColumnParallelLinear):
@@ -62,11 +65,11 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
         self.output_sizes = output_sizes
         super().__init__(in_features, sum(output_sizes), bias)
 
-    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
+    def weight_loader(self, param: nn.Parameter, loaded, shard_id=None) -> None:
         offset = sum(self.output_sizes[:shard_id]) // self.tp_size
         rows = self.output_sizes[shard_id] // self.tp_size
-        shard = loaded.narrow(0, self.tp_rank * rows, rows)
-        param.data.narrow(0, offset, rows).copy_(shard)
+        start = self.tp_rank * rows
+        param.data[offset : offset + rows].copy_(loaded[start : start + rows])
 
 
 class QKVParallelLinear(ColumnParallelLinear):
@@ -86,7 +89,7 @@ class QKVParallelLinear(ColumnParallelLinear):
         out = (self.num_heads + 2 * self.num_kv_heads) * head_dim * size
         super().__init__(hidden_size, out, bias)
 
-    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
+    def weight_loader(self, param: nn.Parameter, loaded, shard_id=None) -> None:
         q_rows = self.num_heads * self.head_dim
         kv_rows = self.num_kv_heads * self.head_dim
         if shard_id == "q":
@@ -96,7 +99,8 @@ class QKVParallelLinear(ColumnParallelLinear):
             rows, index = kv_rows, self.tp_rank // self.kv_replicas
         else:
             raise ValueError(f"shard_id={shard_id!r} is invalid: must be 'q', 'k' or 'v'")
-        param.data.narrow(0, offset, rows).copy_(loaded.narrow(0, index * rows, rows))
+        start = index * rows
+        param.data[offset : offset + rows].copy_(loaded[start : start + rows])
 
 
 class RowParallelLinear(LinearBase):
@@ -108,12 +112,13 @@ class RowParallelLinear(LinearBase):
             raise ValueError(f"in_features={in_features} must divide by {size} ranks")
         super().__init__(in_features // size, out_features, bias)
 
-    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
+    def weight_loader(self, param: nn.Parameter, loaded, shard_id=None) -> None:
         if param.dim() == 1:  # the bias is added once, after the sum
-            param.data.copy_(loaded)
+            param.data.copy_(loaded[:])
             return
         cols = param.shape[1]
-        param.data.copy_(loaded.narrow(1, self.tp_rank * cols, cols))
+        start = self.tp_rank * cols
+        param.data.copy_(loaded[:, start : start + cols])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = self.bias if self.tp_rank == 0 else None

@@ -1,0 +1,135 @@
+"""Tensor-parallel workers: ranks 1..N-1 run the same forward pass as rank 0, step by step.
+
+Process model. Rank 0 lives in the user's process: it owns the scheduler, samples, and talks
+to the user. Ranks 1..N-1 are worker processes that each hold a shard of the model and of the
+KV cache and only ever run forward passes. They are started by `WorkerGroup` (spawned, so it
+works from Jupyter: the workers import everything from `minillm`) or by `torchrun`.
+
+Control channel: one pickled message per step (`StepMessage`: the step's `StepInput`s),
+broadcast from rank 0 over a gloo group on the CPU. We chose a broadcast over shared memory or
+ZMQ because it needs nothing beyond torch.distributed, works unchanged when `torchrun` starts
+the ranks on other hosts, and fails loudly instead of hanging when a peer dies (its socket
+closes). The message is small: a decode step sends one token id and a block table per
+sequence. Tensors (all-reduces, the logits gather) go through NCCL on GPUs and gloo on CPUs.
+"""
+
+from __future__ import annotations
+
+import atexit
+import multiprocessing as mp
+import os
+import weakref
+from dataclasses import dataclass
+
+from minillm import distributed
+from minillm.config import EngineConfig
+from minillm.sequence import StepInput
+
+
+@dataclass(frozen=True)
+class StepMessage:
+    """Run one forward pass over these inputs (logits are needed only on rank 0)."""
+
+    inputs: list[StepInput]
+    sampled: list[bool]
+
+
+@dataclass(frozen=True)
+class ExitMessage:
+    """Leave the loop, release the model, and end the process."""
+
+
+def run_worker(rank: int | None = None, world_size: int | None = None,
+               init_method: str = "env://", device_type: str | None = None) -> None:
+    """The loop of ranks 1..N-1: join the group, get the config, load a shard, then run every
+    step rank 0 broadcasts until it says exit. Under torchrun call it with no arguments."""
+    from minillm.runner import ModelRunner
+
+    rank = int(os.environ["RANK"]) if rank is None else rank
+    world_size = int(os.environ["WORLD_SIZE"]) if world_size is None else world_size
+    device_type = device_type or os.environ.get("MINILLM_TP_DEVICE", "cpu")
+    distributed.init_process_group(rank, world_size, device_type, init_method)
+    try:
+        config: EngineConfig = distributed.broadcast_object()
+        runner = ModelRunner(config)
+        while True:
+            msg = distributed.broadcast_object()
+            if isinstance(msg, ExitMessage):
+                break
+            runner.forward(msg.inputs, msg.sampled)
+    finally:
+        distributed.destroy_process_group()
+
+
+def _spawned_worker(rank: int, world_size: int, init_method: str, device_type: str) -> None:
+    run_worker(rank, world_size, init_method, device_type)
+
+
+class WorkerGroup:
+    """Rank 0's handle on ranks 1..N-1: starts them, sends each step, ends them.
+
+    `close()` (also run at interpreter exit) ends every worker: cleanly with an exit message
+    when the last step finished, by terminating them when rank 0 was interrupted mid-step.
+    """
+
+    def __init__(self, config: EngineConfig, device_type: str) -> None:
+        self.world_size = config.tensor_parallel_size
+        self.processes: list[mp.Process] = []
+        self._in_step = False
+        self._closed = False
+        if distributed.launched_by_torchrun():
+            distributed.init_process_group(int(os.environ["RANK"]), self.world_size,
+                                           device_type, "env://")
+        else:
+            init_method = f"tcp://127.0.0.1:{distributed.free_port()}"
+            ctx = mp.get_context("spawn")
+            for rank in range(1, self.world_size):
+                p = ctx.Process(target=_spawned_worker, daemon=True, name=f"minillm-tp{rank}",
+                                args=(rank, self.world_size, init_method, device_type))
+                p.start()
+                self.processes.append(p)
+            distributed.init_process_group(0, self.world_size, device_type, init_method)
+        distributed.broadcast_object(config)
+        atexit.register(_close_ref, weakref.ref(self))
+
+    def step(self, inputs: list[StepInput], sampled: list[bool]) -> None:
+        """Tell every worker to run this step; rank 0 then runs it too."""
+        self.check_alive()
+        self._in_step = True
+        distributed.broadcast_object(StepMessage(inputs, sampled))
+
+    def step_done(self) -> None:
+        self._in_step = False
+
+    def check_alive(self) -> None:
+        """Raise a clear error if a worker process has died."""
+        for rank, p in enumerate(self.processes, start=1):
+            if not p.is_alive():
+                raise RuntimeError(f"tensor-parallel worker rank {rank} died (exit code "
+                                   f"{p.exitcode}); close this LLM and start a new one")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        clean = not self._in_step and all(p.is_alive() for p in self.processes)
+        if clean:
+            try:
+                distributed.broadcast_object(ExitMessage())
+            except RuntimeError:
+                clean = False
+        for p in self.processes:
+            p.join(timeout=10 if clean else 0.5)
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        distributed.destroy_process_group()
+
+
+def _close_ref(ref: weakref.ref) -> None:
+    group = ref()
+    if group is not None:
+        group.close()
