@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Sequence
 
 from minillm import __version__
@@ -139,6 +140,13 @@ def _download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_torchrun_worker(args: argparse.Namespace) -> bool:
+    from minillm.distributed import launched_by_torchrun
+
+    return (hasattr(args, "tensor_parallel_size") and launched_by_torchrun()
+            and int(os.environ["RANK"]) > 0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minillm", description=__doc__)
     parser.add_argument("--version", action="version", version=f"minillm {__version__}")
@@ -190,6 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if _is_torchrun_worker(args):
+        # torchrun started this process as rank > 0: serve forward passes for rank 0, which
+        # runs the command itself and sends the engine config.
+        from minillm.runner import resolve_device
+        from minillm.worker import run_worker
+
+        run_worker(device_type=resolve_device(args.device).type)
+        return 0
     try:
         return args.func(args)
     except ValueError as e:  # bad arguments: say which, no traceback
