@@ -85,6 +85,11 @@ def run_transformers(model_dir: str, prompts, outputs, device, dtype, batch_size
 def offline(args: argparse.Namespace) -> dict:
     from minillm.llm import LLM
 
+    for lo, hi in (("min_prompt", "max_prompt"), ("min_output", "max_output")):
+        if not 1 <= getattr(args, lo) <= getattr(args, hi):
+            raise ValueError(f"--{lo.replace('_', '-')}={getattr(args, lo)} is invalid: must be "
+                             f"in [1, --{hi.replace('_', '-')}={getattr(args, hi)}]")
+
     llm = LLM(args.model, device=args.device, dtype=args.dtype,
               tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len,
               max_num_seqs=args.max_num_seqs, enforce_eager=args.enforce_eager,
@@ -100,7 +105,7 @@ def offline(args: argparse.Namespace) -> dict:
         "device": device_name(runner.device),
         "model": os.path.basename(os.path.normpath(llm.config.model)),
         "dtype": runner.dtype_name,
-        "command": "minillm " + " ".join(sys.argv[1:]) if args.command is None else args.command,
+        "command": "minillm " + " ".join(sys.argv[1:]),
         "commit": git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "num_requests": args.num_requests,
@@ -153,7 +158,6 @@ def add_parser(sub) -> None:
     p.add_argument("--peer", choices=("none", "transformers"), default="none")
     p.add_argument("--peer-batch-size", type=int, default=32)
     p.add_argument("--output", default=None, help="JSON path (default: benchmarks/results/...)")
-    p.add_argument("--command", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=main)
 
 
