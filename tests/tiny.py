@@ -13,7 +13,8 @@ CORPUS = [
     "The capital of France is Paris. The capital of Italy is Rome.",
     "Hello world! How are you today? I am fine, thank you.",
     "minillm pages its KV cache in blocks; the scheduler batches requests.",
-    "Numbers 0123456789 and symbols ,.;:!?()[]{} appear too. Caf\u00e9 na\u00efve \u4f60\u597d \U0001f600",
+    "Numbers 0123456789 and symbols ,.;:!?()[]{} appear too.",
+    "Caf\u00e9 na\u00efve \u4f60\u597d \U0001f600",
 ]
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
