@@ -31,6 +31,7 @@ class HashPrefixCache(PrefixCache):
         self._block_of_hash: dict[int, int] = {}
         self._hash_of_block: dict[int, int] = {}
         self._tokens_of_block: dict[int, tuple[int, ...]] = {}  # guards against hash collisions
+        self._parent_of_block: dict[int, int | None] = {}  # so does the block before it
         self._evictable: OrderedDict[int, None] = OrderedDict()  # oldest first
 
     def match(self, token_ids: Sequence[int]) -> list[int]:
@@ -39,7 +40,7 @@ class HashPrefixCache(PrefixCache):
         for tokens in self._blocks_of(token_ids, len(token_ids) // self.block_size):
             h = chain_hash(h, tokens)
             block = self._block_of_hash.get(h)
-            if block is None or self._tokens_of_block[block] != tokens:
+            if block is None or not self._holds(block, tokens, blocks[-1] if blocks else None):
                 break
             blocks.append(block)
         return blocks
@@ -47,18 +48,26 @@ class HashPrefixCache(PrefixCache):
     def insert(self, token_ids: Sequence[int], block_ids: Sequence[int]) -> list[int]:
         canonical: list[int] = []
         h = ROOT_HASH
+        trusted = True  # False after a hash collision: later blocks follow another prefix
         for tokens, block in zip(self._blocks_of(token_ids, len(block_ids)), block_ids):
             h = chain_hash(h, tokens)
-            cached = self._block_of_hash.get(h)
+            parent = canonical[-1] if canonical else None
+            cached = self._block_of_hash.get(h) if trusted else block
             if cached is None:
                 self._block_of_hash[h] = block
                 self._hash_of_block[block] = h
                 self._tokens_of_block[block] = tokens
+                self._parent_of_block[block] = parent
                 cached = block
-            elif self._tokens_of_block[cached] != tokens:
-                cached = block  # a hash collision: keep the caller's block, uncached
+            elif trusted and not self._holds(cached, tokens, parent):
+                trusted, cached = False, block  # a collision: keep the caller's blocks, uncached
             canonical.append(cached)
         return canonical
+
+    def _holds(self, block: int, tokens: tuple[int, ...], parent: int | None) -> bool:
+        """Whether cached `block` really holds `tokens` right after block `parent`: a guard
+        against hash collisions, which would otherwise hand out another prompt's KV."""
+        return self._tokens_of_block[block] == tokens and self._parent_of_block[block] == parent
 
     def evict(self, num_blocks: int) -> list[int]:
         out: list[int] = []
@@ -66,6 +75,7 @@ class HashPrefixCache(PrefixCache):
             block, _ = self._evictable.popitem(last=False)
             del self._block_of_hash[self._hash_of_block.pop(block)]
             del self._tokens_of_block[block]
+            del self._parent_of_block[block]
             out.append(block)
         self.num_evicted_blocks += len(out)
         return out
