@@ -39,8 +39,8 @@ def _check_int(name: str, value: Any, lo: int | None = None, hi: int | None = No
 
 
 def _check_real(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, Real) or math.isnan(value):
-        _fail(name, value, "must be a number")
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+        _fail(name, value, "must be a finite number")
 
 
 def _check_bool(name: str, value: Any) -> None:
