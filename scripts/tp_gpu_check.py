@@ -1,0 +1,57 @@
+"""Tensor parallelism on 2 GPUs (NCCL) against 1 GPU: same greedy tokens, clean shutdown.
+
+Run from the repo root on a machine with 2 GPUs:  python scripts/tp_gpu_check.py --out DIR
+NVLink multicast stays off (NCCL_NVLS_ENABLE=0 and friends), also in the spawned workers,
+which inherit this environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+
+os.environ.update(NCCL_NVLS_ENABLE="0", TORCH_SYMM_MEM_DISABLE_MULTICAST="1",
+                  NVSHMEM_DISABLE_NVLS="1")
+
+import torch  # noqa: E402
+
+sys.path.insert(0, os.getcwd())
+
+from minillm import LLM, SamplingParams  # noqa: E402
+from tests.tiny import make_checkpoint  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default=".")
+    args = parser.parse_args()
+    results = {"devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}
+    tmp = tempfile.mkdtemp()
+    gen = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(0, 384, (n,), generator=gen).tolist() for n in (3, 17, 40, 77)]
+    params = SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)
+    for arch, kv in (("qwen3", 2), ("qwen3", 1), ("llama", 2)):
+        path = make_checkpoint(os.path.join(tmp, f"{arch}-kv{kv}"), arch, num_key_value_heads=kv)
+        for dtype in ("float32", "bfloat16"):
+            tokens = {}
+            for tp in (1, 2):
+                with LLM(path, device="cuda", dtype=dtype, tensor_parallel_size=tp,
+                         max_model_len=256, num_kvcache_blocks=256) as llm:
+                    outs = llm.generate(prompts, params, use_tqdm=False)
+                    tokens[tp] = [o.token_ids for o in outs]
+            same = sum(a == b for a, b in zip(tokens[1], tokens[2]))
+            name = f"{arch}-kv{kv}-{dtype}"
+            results[name] = f"{same}/{len(prompts)} requests with equal greedy tokens (32 steps)"
+            print(name, results[name], flush=True)
+    results["processes_left"] = len(mp.active_children())
+    print("processes left after close():", results["processes_left"])
+    with open(os.path.join(args.out, "tp_gpu_check.json"), "w") as f:
+        json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
