@@ -14,9 +14,35 @@ __all__ = ["AttentionMetadata", "TorchBackend", "get_backend"]
 
 
 def get_backend(name: str, device: str):
-    """The backend named by `EngineConfig.attention_backend` for `device` ("auto" resolved)."""
-    if name in ("auto", "torch"):
+    """The backend named by `EngineConfig.attention_backend` for `device` ("auto" resolved).
+
+    "auto" is `triton` on CUDA when Triton imports, else `torch`. The Triton backend is
+    imported here, on demand, so that `import minillm` never imports Triton.
+    """
+    if name == "auto":
+        name = "triton" if device == "cuda" and _triton_importable() else "torch"
+    if name == "torch":
         return TorchBackend()
+    if name == "triton":
+        if device != "cuda":
+            raise ValueError(
+                f"attention_backend='triton' is invalid on device {device!r}: its kernels run "
+                "on CUDA GPUs only (use 'torch' or 'auto')")
+        if not _triton_importable():
+            raise ValueError(
+                "attention_backend='triton' needs Triton, which is not installed: "
+                "pip install 'minillm[gpu]'")
+        from minillm.attention.triton_backend import TritonBackend
+
+        return TritonBackend()
     raise ValueError(
-        f"attention_backend={name!r} is invalid here: only 'torch' (or 'auto') is available in "
-        f"this version on device {device!r}")
+        f"attention_backend={name!r} is invalid here: only 'torch', 'triton' (CUDA) or 'auto' "
+        f"are available in this version on device {device!r}")
+
+
+def _triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True

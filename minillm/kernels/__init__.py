@@ -1,0 +1,27 @@
+"""Triton kernels, each in its own file beside a plain PyTorch `*_reference` computing the same.
+
+- `store_kv`: write a step's new keys and values into the paged cache by slot.
+- `decode_attention`: one query token per sequence over its paged KV (split-KV, GQA-grouped).
+- `prefill_attention`: varlen causal attention over paged KV with cached prefixes (prefill,
+  chunked prefill, and mixed batches with decodes).
+- `rms_norm`: residual add + RMSNorm in one pass (what `layers.norm.RMSNorm` computes).
+
+Importing this package imports Triton (the `gpu` extra, Linux only); `import minillm` never does.
+Tests run the kernels on the CPU under `TRITON_INTERPRET=1` and natively on a GPU.
+"""
+
+from minillm.kernels.decode_attention import decode_attention, decode_attention_reference
+from minillm.kernels.prefill_attention import prefill_attention, prefill_attention_reference
+from minillm.kernels.rms_norm import rms_norm, rms_norm_reference
+from minillm.kernels.store_kv import store_kv, store_kv_reference
+
+__all__ = [
+    "decode_attention",
+    "decode_attention_reference",
+    "prefill_attention",
+    "prefill_attention_reference",
+    "rms_norm",
+    "rms_norm_reference",
+    "store_kv",
+    "store_kv_reference",
+]
