@@ -11,7 +11,24 @@ To drive a scheduler without a model, use `minillm.simulate` (made-up tokens).
 
 from minillm.viz.block_tables import block_tables_text, draw_block_tables
 from minillm.viz.blocks import block_owners, block_pool_text, draw_block_pool
+from minillm.viz.layers import (
+    draw_gqa,
+    draw_rope,
+    draw_rope_wavelengths,
+    gqa_groups,
+    gqa_text,
+    rope_angles,
+    rope_frequencies,
+    rope_text,
+)
 from minillm.viz.radix import draw_radix_tree, radix_events_text, tidy_layout
+from minillm.viz.runner import (
+    draw_sampler_filters,
+    draw_step_inputs,
+    sampler_filters_text,
+    sampler_stages,
+    step_inputs_text,
+)
 from minillm.viz.stats import draw_stats, stats_table_text
 from minillm.viz.style import abbreviate_tokens, seq_color
 from minillm.viz.timeline import (
@@ -31,14 +48,27 @@ __all__ = [
     "block_tables_text",
     "draw_block_pool",
     "draw_block_tables",
+    "draw_gqa",
     "draw_kv_usage",
     "draw_radix_tree",
+    "draw_rope",
+    "draw_rope_wavelengths",
+    "draw_sampler_filters",
     "draw_scheduler_trace",
     "draw_stats",
+    "draw_step_inputs",
     "draw_timeline",
+    "gqa_groups",
+    "gqa_text",
     "radix_events_text",
+    "rope_angles",
+    "rope_frequencies",
+    "rope_text",
+    "sampler_filters_text",
+    "sampler_stages",
     "seq_color",
     "stats_table_text",
+    "step_inputs_text",
     "tidy_layout",
     "timeline_cells",
     "timeline_text",
