@@ -28,7 +28,8 @@ def gather_kv(cache: torch.Tensor, block_table: torch.Tensor, length: int) -> to
     """The first `length` tokens of one sequence's K or V: [length, num_kv_heads, head_dim]."""
     block_size = cache.shape[1]
     num_blocks = -(-length // block_size)
-    blocks = cache[block_table[:num_blocks].long()]  # [num_blocks, block_size, kv_heads, dim]
+    # index_select copies whole blocks; on the CPU it is several times faster than cache[idx]
+    blocks = cache.index_select(0, block_table[:num_blocks])  # [blocks, block_size, heads, dim]
     return blocks.flatten(0, 1)[:length]
 
 
@@ -76,9 +77,11 @@ class TorchBackend:
         """One new token per sequence, all sequences at once over their padded block tables."""
         block_size = k_cache.shape[1]
         num_blocks = -(-meta.max_seq_len // block_size)
-        tables = meta.block_tables[:, :num_blocks].long()  # [B, num_blocks]
-        keys = k_cache[tables].flatten(1, 2)  # [B, num_blocks * block_size, kv_heads, dim]
-        values = v_cache[tables].flatten(1, 2)
+        tables = meta.block_tables[:, :num_blocks].flatten()  # [B * num_blocks]
+        batch, kv_heads, dim = q.shape[0], k_cache.shape[2], k_cache.shape[3]
+        # [B, num_blocks * block_size, kv_heads, dim]
+        keys = k_cache.index_select(0, tables).view(batch, -1, kv_heads, dim)
+        values = v_cache.index_select(0, tables).view(batch, -1, kv_heads, dim)
         length = keys.shape[1]
         mask = torch.arange(length, device=q.device)[None, :] < meta.seq_lens[:, None].long()
         out = F.scaled_dot_product_attention(
