@@ -1,5 +1,7 @@
 """`minillm bench offline`: offline throughput on a synthetic workload, with an optional peer.
 
+(`minillm bench serve`, the online benchmark, lives in `minillm.server.bench`.)
+
 The workload is nano-vllm's: random token-id prompts and output lengths drawn uniformly from
 given ranges with a fixed seed, `ignore_eos`, greedy. minillm runs it through `LLM.generate`;
 `--peer transformers` runs the same prompts through transformers' `generate` in padded
@@ -159,6 +161,14 @@ def add_parser(sub) -> None:
     p.add_argument("--peer-batch-size", type=int, default=32)
     p.add_argument("--output", default=None, help="JSON path (default: benchmarks/results/...)")
     p.set_defaults(func=main)
+
+    from minillm.server import bench as serve_bench  # stdlib imports only until it runs
+
+    s = kinds.add_parser("serve", help="online serving: TTFT, TPOT, ITL, throughput",
+                         description=serve_bench.__doc__,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    serve_bench.add_arguments(s)
+    s.set_defaults(func=serve_bench.main)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -99,6 +99,8 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _chat(args: argparse.Namespace) -> int:
+    if args.url:
+        return _chat_remote(args)
     from minillm.llm import LLM
 
     params = _sampling_params(args)
@@ -106,8 +108,30 @@ def _chat(args: argparse.Namespace) -> int:
         return chat_shell(llm, params, input_fn=input)
 
 
-def chat_shell(llm, params, input_fn=input, print_fn=print) -> int:
-    """An interactive multi-turn chat: streamed replies, `/reset` clears history, `/exit` ends."""
+def _chat_remote(args: argparse.Namespace) -> int:
+    """`minillm chat --url URL`: the same shell, the replies streamed from a server."""
+    from minillm.client import Client
+
+    params = _sampling_params(args)  # the same checks as in-process, before any request
+    request = dict(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
+                   min_p=params.min_p, max_tokens=params.max_tokens,
+                   repetition_penalty=params.repetition_penalty, stop=params.stop or None)
+    request = {k: v for k, v in request.items() if v is not None}
+    with Client(args.url) as client:
+        return chat_shell(None, params, input_fn=input,
+                          reply_fn=lambda history: client.chat_stream(history, **request))
+
+
+def chat_shell(llm, params, input_fn=input, print_fn=print, reply_fn=None) -> int:
+    """An interactive multi-turn chat: streamed replies, `/reset` clears history, `/exit` ends.
+
+    Replies come from `llm` (in-process) unless `reply_fn(history)` is given: then it yields
+    the reply's pieces (`minillm chat --url` streams them from a server).
+    """
+    if reply_fn is None:
+        def reply_fn(history):
+            return (chunk.text for chunk in llm.stream(llm.chat_template(history), params))
+
     print_fn("minillm chat: /reset clears the conversation, /exit (or Ctrl-D) quits.")
     history: list[dict[str, str]] = []
     while True:
@@ -126,11 +150,22 @@ def chat_shell(llm, params, input_fn=input, print_fn=print) -> int:
             continue
         history.append({"role": "user", "content": line})
         reply = []
-        for chunk in llm.stream(llm.chat_template(history), params):
-            reply.append(chunk.text)
-            print_fn(chunk.text, end="", flush=True)
+        for piece in reply_fn(history):
+            reply.append(piece)
+            print_fn(piece, end="", flush=True)
         print_fn()
         history.append({"role": "assistant", "content": "".join(reply)})
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from minillm.server.api import run_server
+    except ImportError as e:
+        raise SystemExit(f"minillm serve needs the server extra: pip install 'minillm[server]' "
+                         f"({e})") from None
+    return run_server(args.model, host=args.host, port=args.port,
+                      served_model_name=args.served_model_name, log_level=args.log_level,
+                      access_log=args.access_log, **_engine_kwargs(args))
 
 
 def _download(args: argparse.Namespace) -> int:
@@ -182,9 +217,25 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=_generate)
 
     chat = sub.add_parser("chat", help="an interactive chat shell")
+    chat.add_argument("--url", default=None,
+                      help="chat with a running `minillm serve` at this URL instead of loading "
+                      "a model (e.g. http://127.0.0.1:8000)")
     _add_engine_args(chat)
     _add_sampling_args(chat, temperature=0.7)
     chat.set_defaults(func=_chat)
+
+    serve = sub.add_parser("serve", help="an OpenAI-compatible HTTP server",
+                           description="Serve the model over the OpenAI API (/v1/chat/completions,"
+                           " /v1/completions, /v1/models, /health, /metrics).")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--served-model-name", default=None,
+                       help="the name clients use (default: the model directory's name)")
+    serve.add_argument("--log-level", default="info",
+                       choices=("critical", "error", "warning", "info", "debug"))
+    serve.add_argument("--access-log", action="store_true", help="log every HTTP request")
+    _add_engine_args(serve)
+    serve.set_defaults(func=_serve)
 
     dl = sub.add_parser("download", help="fetch (and convert) a model; prints its directory")
     dl.add_argument("--model", default=None, help="hub id (default: the demo model)")

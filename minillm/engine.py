@@ -19,6 +19,34 @@ from minillm.tokenizer import IncrementalDetokenizer, Tokenizer, find_stop, stop
 Prompt = str | list[int]
 
 
+def encode_prompt(tokenizer: Tokenizer, prompt: Prompt, vocab_size: int, max_model_len: int,
+                  ) -> list[int]:
+    """Token ids of a prompt, validated: non-empty, in the vocabulary, short enough.
+
+    A function (not only the method) so that the server's tokenizer worker runs the same
+    checks without an engine."""
+    if isinstance(prompt, str):
+        if not prompt:
+            raise ValueError("prompt='' is invalid: a prompt needs at least one token")
+        ids = tokenizer.encode(prompt)
+    elif isinstance(prompt, (list, tuple)):
+        ids = list(prompt)
+        bad = [t for t in ids if isinstance(t, bool) or not isinstance(t, int)
+               or not 0 <= t < vocab_size]
+        if bad:
+            raise ValueError(f"prompt token ids {bad[:5]} are invalid: each must be an int in "
+                             f"[0, {vocab_size - 1}]")
+    else:
+        raise ValueError(f"prompt of type {type(prompt).__name__} is invalid: must be a "
+                         "string or a list of token ids")
+    if not ids:
+        raise ValueError("prompt is invalid: it has no tokens")
+    if len(ids) >= max_model_len:
+        raise ValueError(f"prompt has {len(ids)} tokens, too many for max_model_len="
+                         f"{max_model_len}: a prompt may have at most {max_model_len - 1} tokens")
+    return ids
+
+
 @dataclass
 class RequestOutput:
     """A request's state after a step: cumulative text and tokens, plus what is new."""
@@ -69,27 +97,7 @@ class LLMEngine:
 
     def encode_prompt(self, prompt: Prompt) -> list[int]:
         """Token ids of a prompt, validated: non-empty, in the vocabulary, short enough."""
-        if isinstance(prompt, str):
-            if not prompt:
-                raise ValueError("prompt='' is invalid: a prompt needs at least one token")
-            ids = self.tokenizer.encode(prompt)
-        elif isinstance(prompt, (list, tuple)):
-            ids = list(prompt)
-            bad = [t for t in ids if isinstance(t, bool) or not isinstance(t, int)
-                   or not 0 <= t < self.vocab_size]
-            if bad:
-                raise ValueError(f"prompt token ids {bad[:5]} are invalid: each must be an int in "
-                                 f"[0, {self.vocab_size - 1}]")
-        else:
-            raise ValueError(f"prompt of type {type(prompt).__name__} is invalid: must be a "
-                             "string or a list of token ids")
-        if not ids:
-            raise ValueError("prompt is invalid: it has no tokens")
-        limit = self.config.max_model_len
-        if len(ids) >= limit:
-            raise ValueError(f"prompt has {len(ids)} tokens, too many for max_model_len={limit}:"
-                             f" a prompt may have at most {limit - 1} tokens")
-        return ids
+        return encode_prompt(self.tokenizer, prompt, self.vocab_size, self.config.max_model_len)
 
     def add_request(self, prompt: Prompt, params: SamplingParams | None = None,
                     prompt_token_ids: list[int] | None = None) -> int:
