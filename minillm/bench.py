@@ -78,8 +78,10 @@ def run_transformers(model_dir: str, prompts, outputs, device, dtype, batch_size
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk],
                             device=device)
         with torch.inference_mode():
+            # eos_token_id=None: like ignore_eos, EOS may be sampled but does not stop (a
+            # min_new_tokens bound would instead forbid EOS and change the greedy tokens)
             out = model.generate(ids, attention_mask=mask, max_new_tokens=max(lens),
-                                 min_new_tokens=max(lens), do_sample=False, pad_token_id=0)
+                                 eos_token_id=None, do_sample=False, pad_token_id=0)
         tokens += [out[j, width : width + n].tolist() for j, n in enumerate(lens)]
     return tokens, time.perf_counter() - start
 
