@@ -29,6 +29,13 @@ from minillm.viz.runner import (
     sampler_stages,
     step_inputs_text,
 )
+from minillm.viz.server import (
+    draw_server_processes,
+    draw_server_sequence,
+    request_messages,
+    server_channels_text,
+    server_messages_text,
+)
 from minillm.viz.stats import draw_stats, stats_table_text
 from minillm.viz.style import abbreviate_tokens, seq_color
 from minillm.viz.timeline import (
@@ -55,18 +62,23 @@ __all__ = [
     "draw_rope_wavelengths",
     "draw_sampler_filters",
     "draw_scheduler_trace",
+    "draw_server_processes",
+    "draw_server_sequence",
     "draw_stats",
     "draw_step_inputs",
     "draw_timeline",
     "gqa_groups",
     "gqa_text",
     "radix_events_text",
+    "request_messages",
     "rope_angles",
     "rope_frequencies",
     "rope_text",
     "sampler_filters_text",
     "sampler_stages",
     "seq_color",
+    "server_channels_text",
+    "server_messages_text",
     "stats_table_text",
     "step_inputs_text",
     "tidy_layout",
