@@ -232,6 +232,9 @@ class EngineConfig:
                 tp,
                 f"must divide num_attention_heads={mc.num_attention_heads}",
             )
+        if mc.intermediate_size % tp:
+            _fail("tensor_parallel_size", tp,
+                  f"must divide intermediate_size={mc.intermediate_size}")
         kv = mc.num_key_value_heads
         if (kv >= tp and kv % tp) or (kv < tp and tp % kv):
             _fail(

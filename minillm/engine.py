@@ -88,7 +88,12 @@ class LLMEngine:
             from minillm.worker import WorkerGroup
 
             self.workers = WorkerGroup(config, resolve_device(config.device).type)
-        self.runner = ModelRunner(config)
+        try:
+            self.runner = ModelRunner(config)
+        except BaseException:
+            if self.workers is not None:
+                self.workers.abort()  # no process group or worker outlives a failed start
+            raise
         self.scheduler = Scheduler(config)
         self.vocab_size = config.model_config.vocab_size
         self._requests: dict[int, _Request] = {}

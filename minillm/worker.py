@@ -21,6 +21,8 @@ import os
 import weakref
 from dataclasses import dataclass
 
+import torch
+
 from minillm import distributed
 from minillm.config import EngineConfig
 from minillm.sequence import StepInput
@@ -49,6 +51,8 @@ def run_worker(rank: int | None = None, world_size: int | None = None,
     world_size = int(os.environ["WORLD_SIZE"]) if world_size is None else world_size
     device_type = device_type or os.environ.get("MINILLM_TP_DEVICE", "cpu")
     distributed.init_process_group(rank, world_size, device_type, init_method)
+    if device_type == "cpu":
+        share_cpu_threads(world_size)
     try:
         config: EngineConfig = distributed.broadcast_object()
         runner = ModelRunner(config)
@@ -59,6 +63,15 @@ def run_worker(rank: int | None = None, world_size: int | None = None,
             runner.forward(msg.inputs, msg.sampled)
     finally:
         distributed.destroy_process_group()
+
+
+def share_cpu_threads(world_size: int) -> int:
+    """Give each CPU rank its share of the cores (unless OMP_NUM_THREADS says otherwise): N
+    ranks with all cores each would spin and steal each other's time. Returns the old count."""
+    old = torch.get_num_threads()
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+    return old
 
 
 def _spawned_worker(rank: int, world_size: int, init_method: str, device_type: str) -> None:
@@ -73,10 +86,14 @@ class WorkerGroup:
     """
 
     def __init__(self, config: EngineConfig, device_type: str) -> None:
+        if distributed.tp_size() > 1 or torch.distributed.is_initialized():
+            raise ValueError("another tensor-parallel LLM is open in this process: close() it "
+                             "before starting a new one")
         self.world_size = config.tensor_parallel_size
         self.processes: list[mp.Process] = []
         self._in_step = False
         self._closed = False
+        self._old_threads = share_cpu_threads(self.world_size) if device_type == "cpu" else None
         if distributed.launched_by_torchrun():
             distributed.init_process_group(int(os.environ["RANK"]), self.world_size,
                                            device_type, "env://")
@@ -108,10 +125,17 @@ class WorkerGroup:
                 raise RuntimeError(f"tensor-parallel worker rank {rank} died (exit code "
                                    f"{p.exitcode}); close this LLM and start a new one")
 
+    def abort(self) -> None:
+        """End the workers without the exit message (they may be inside a collective)."""
+        self._in_step = True
+        self.close()
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        if self._old_threads is not None:
+            torch.set_num_threads(self._old_threads)
         clean = not self._in_step and all(p.is_alive() for p in self.processes)
         if clean:
             try:

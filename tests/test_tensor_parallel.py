@@ -110,3 +110,20 @@ def test_torchrun_starts_the_ranks(checkpoint, tmp_path):
         capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert run.stdout == single.stdout
+
+
+def test_failed_start_leaves_nothing_and_a_second_engine_is_refused(checkpoint, monkeypatch):
+    import minillm.engine as engine_module
+
+    def broken(config):
+        raise RuntimeError("model build failed")
+
+    monkeypatch.setattr(engine_module, "ModelRunner", broken)
+    with pytest.raises(RuntimeError, match="model build failed"):
+        LLM(checkpoint, tensor_parallel_size=2, **ENGINE)
+    assert not mp.active_children()
+    monkeypatch.undo()
+    with LLM(checkpoint, tensor_parallel_size=2, **ENGINE):
+        with pytest.raises(ValueError, match="another tensor-parallel LLM is open"):
+            LLM(checkpoint, tensor_parallel_size=2, **ENGINE)
+    assert generate(checkpoint, 2) == generate(checkpoint, 1)
