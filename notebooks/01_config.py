@@ -25,8 +25,20 @@
 # Sizes that follow from the config (how many KV blocks a sequence may need, how many bytes a
 # token's KV takes) are computed in `minillm/config.py` and nowhere else. This notebook shows
 # them for a model of Qwen3-0.6B's shape.
+#
+# **What you will see:** every field of `EngineConfig` with its default; a model's shape as a
+# `ModelConfig`; the derived sizes (block table width, KV bytes per token and per block, how
+# many blocks a memory budget buys, what tensor parallelism saves per rank); and the error
+# each bad value gets. No model weights, no GPU: it runs in seconds.
+#
+# **Open `minillm/config.py` beside this notebook**: every field has its comment there, and
+# `__post_init__` reads top to bottom in the order the checks below fire. Three exercises at
+# the end.
 
 # %%
+from minillm.notebook import need, require
+
+require("matplotlib")  # for the figure; if missing, it says what to pip install
 # %matplotlib inline
 import dataclasses
 
@@ -196,6 +208,109 @@ for kwargs in bad_sampling_args:
         SamplingParams(**kwargs)
     except ValueError as e:
         print(f"{kwargs}\n    -> {e}")
+
+# %% [markdown]
+# ## Exercises
+#
+# Work each one out on paper (or in a cell of your own) first; the solution cells below check
+# the answers with the real `EngineConfig`, so they hold whenever the notebook runs.
+#
+# ### 1 · Two problems, one error
+#
+# `EngineConfig(max_num_seqs=512, max_num_batched_tokens=256, num_kvcache_blocks=100)` has two
+# problems. Which error do you get, and once that one is fixed, what is the smallest
+# `num_kvcache_blocks` the config accepts (defaults elsewhere: `max_model_len=4096`, blocks of
+# 16)?
+#
+# <details><summary>Solution</summary>
+#
+# `__post_init__` checks in order and stops at the first failure: the step's token budget
+# comes before the KV pool, so the error names `max_num_batched_tokens=256` (each of 512
+# running sequences decodes one token per step, so a step needs at least 512). With
+# `max_num_batched_tokens=512`, the pool must hold one sequence of `max_model_len` tokens:
+# ceil(4096 / 16) = 256 blocks. 255 fails, 256 passes.
+#
+# </details>
+
+# %%
+# NBVAL_CHECK_OUTPUT
+try:
+    EngineConfig(max_num_seqs=512, max_num_batched_tokens=256, num_kvcache_blocks=100)
+    raise AssertionError("expected a ValueError")
+except ValueError as e:
+    print(e)
+    assert str(e).startswith("max_num_batched_tokens=256")
+
+smallest = EngineConfig(max_num_seqs=512, max_num_batched_tokens=512).max_blocks_per_seq
+EngineConfig(max_num_seqs=512, max_num_batched_tokens=512, num_kvcache_blocks=smallest)
+try:
+    EngineConfig(max_num_seqs=512, max_num_batched_tokens=512, num_kvcache_blocks=smallest - 1)
+    raise AssertionError("expected a ValueError")
+except ValueError as e:
+    print(e)
+assert smallest == 256
+
+# %% [markdown]
+# ### 2 · Capacity with two GPUs
+#
+# Qwen3-0.6B in bfloat16 with `tensor_parallel_size=2`, blocks of 16. Each of the two GPUs has
+# 16 GiB left for the KV cache after the weights. How many bytes does one token's KV take on
+# one rank, how many blocks fit, and how many sequences of 4,096 tokens can be in flight at
+# once?
+#
+# <details><summary>Solution</summary>
+#
+# Each rank stores 8 / 2 = 4 kv heads: 2 (K and V) × 4 × 128 × 2 B × 28 layers = 57,344 B per
+# token, 917,504 B per block of 16. 16 GiB / 917,504 B = 18,724 blocks (rounded down). A
+# 4,096-token sequence needs 256 blocks, so 73 of them fit. Both ranks hold the same block
+# ids (each for its own heads), so the pool is 18,724 blocks, twice what one 16 GiB GPU holds.
+#
+# </details>
+
+# %%
+# NBVAL_CHECK_OUTPUT
+need(globals(), "qwen3_0_6b")
+tp2 = EngineConfig(model_config=qwen3_0_6b, tensor_parallel_size=2, max_model_len=4096,
+                   kvcache_block_size=16)
+per_token = 2 * 4 * 128 * 2 * 28  # by hand
+blocks = tp2.blocks_for_budget(16 * 2**30, "bfloat16")
+print(f"{tp2.kv_bytes_per_token('bfloat16'):,} B per token, {blocks:,} blocks, "
+      f"{blocks // tp2.max_blocks_per_seq} sequences of 4096")
+assert tp2.kv_bytes_per_token("bfloat16") == per_token
+assert blocks == 16 * 2**30 // (per_token * 16) == 18724
+assert blocks // tp2.max_blocks_per_seq == 73
+one_gpu = EngineConfig(model_config=qwen3_0_6b, max_model_len=4096)
+assert blocks == 2 * one_gpu.blocks_for_budget(16 * 2**30, "bfloat16")
+
+# %% [markdown]
+# ### 3 · The cap comes first
+#
+# `EngineConfig(max_model_len=4096, num_kvcache_blocks=128)` fails: 128 blocks of 16 hold only
+# 2,048 tokens. Does it still fail when `model_config` is a model trained on 2,048 positions
+# (`max_position_embeddings=2048`)? Why?
+#
+# <details><summary>Solution</summary>
+#
+# It passes. `__post_init__` reads the model first and caps `max_model_len` at the model's
+# `max_position_embeddings` (2,048), and only then checks the pool against
+# `max_blocks_per_seq`, which is derived from the capped length: ceil(2048 / 16) = 128. Derived
+# sizes always follow the final, validated values.
+#
+# </details>
+
+# %%
+# NBVAL_CHECK_OUTPUT
+need(globals(), "qwen3_0_6b")
+try:
+    EngineConfig(max_model_len=4096, num_kvcache_blocks=128)
+    raise AssertionError("expected a ValueError")
+except ValueError as e:
+    print("no model:", e)
+trained_2k = dataclasses.replace(qwen3_0_6b, max_position_embeddings=2048)
+capped = EngineConfig(model_config=trained_2k, max_model_len=4096, num_kvcache_blocks=128)
+print("model of 2,048 positions: max_model_len", capped.max_model_len,
+      "| max_blocks_per_seq", capped.max_blocks_per_seq)
+assert (capped.max_model_len, capped.max_blocks_per_seq) == (2048, 128)
 
 # %% [markdown]
 # Next: [02 · Sequences](02_sequences.ipynb), the state of one request as it moves through
