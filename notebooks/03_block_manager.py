@@ -32,8 +32,21 @@
 #
 # This notebook drives a real `BlockManager` by hand, then runs the same workload through the
 # two prefix caches (vLLM's chained hashes and SGLang's radix tree) side by side.
+#
+# **What you will see:** the block pool as a grid after each call (allocate, append, free),
+# block tables pointing into it, two sequences sharing a system prompt's blocks (ref count 2),
+# the radix tree that remembers cached prefixes and what it evicts under pressure, and the
+# hash and radix caches compared on one workload.
+#
+# **Open `minillm/kvcache/block_manager.py` beside this notebook** (200 lines): the class
+# docstring states the three block states and the invariants; the prefix caches it calls are
+# `minillm/kvcache/radix_cache.py` and `hash_cache.py`, behind `prefix_cache.py`'s interface.
+# Three exercises at the end.
 
 # %%
+from minillm.notebook import need, require
+
+require("matplotlib")  # for the figures; if missing, it says what to pip install
 # %matplotlib inline
 import matplotlib.pyplot as plt
 
@@ -234,6 +247,126 @@ print("\n".join(schedulers["hash"].block_manager.cache.to_text().splitlines()[:8
 radix_bm = schedulers["radix"].block_manager
 radix_bm.cache.clear_events()
 viz.draw_radix_tree(radix_bm.cache, radix_bm, title="radix cache after the workload")
+
+# %% [markdown]
+# ## Exercises
+#
+# Work out each answer by hand first; the solution cells check it with a real `BlockManager`,
+# in real-use blocks of 16 tokens.
+#
+# ### 1 · Blocks for a 37-token prompt
+#
+# With blocks of 16 tokens, how many blocks does a 37-token prompt need? How many slots of its
+# last block are still empty, and which decode step (1st new token, 2nd, ...) is the first
+# that needs a fresh block?
+#
+# <details><summary>Solution</summary>
+#
+# ceil(37 / 16) = 3 blocks: 16 + 16 + 5 tokens, so 11 slots of the last block are empty, the
+# only memory this sequence wastes. Decoding fills them with new tokens 1 to 11; new token 12
+# (position 48) is the first that needs block 4. `blocks_needed(seq, n)` computes exactly
+# this: ceil((computed + n) / block_size) minus the blocks already held.
+#
+# </details>
+
+# %%
+# NBVAL_CHECK_OUTPUT
+pool = BlockManager(num_blocks=8, block_size=16)
+prompt_37 = Sequence(list(range(37)))
+print("blocks needed:", pool.blocks_needed(prompt_37, 37))
+pool.allocate(prompt_37, 37)
+prompt_37.num_computed_tokens = 37
+empty_slots = len(prompt_37.block_table) * 16 - prompt_37.num_tokens
+print("empty slots in the last block:", empty_slots)
+# New token k is stored at position 36 + k: the first k for which 37 + k tokens need a 4th block
+first = next(k for k in range(1, 17) if pool.blocks_needed(prompt_37, k) > 0)
+print("first new token that needs a fresh block:", first)
+assert len(prompt_37.block_table) == 3 and empty_slots == 11 and first == 12
+
+# %% [markdown]
+# ### 2 · Ref counts of a shared prefix
+#
+# A pool of 16-token blocks with a radix prefix cache. Request `x` is a 32-token system prompt
+# plus 8 tokens of its own; once `x`'s prompt is computed, request `y` arrives with the same
+# system prompt plus 13 tokens. What are the ref counts of every block `x` and `y` hold? What
+# becomes of each block when `x` finishes, and when `y` finishes too?
+#
+# <details><summary>Solution</summary>
+#
+# `y` finds the system prompt's two full blocks in the cache: both are held by two tables, ref
+# count 2. Each request's last block (8 and 13 tokens) is partly filled, its own, ref count 1,
+# and never cached. When `x` finishes, the shared blocks drop to 1 (`y` still reads them) and
+# `x`'s last block goes back to the free list. When `y` finishes, its last block is freed and
+# the shared blocks drop to 0 but stay in the cache: evictable, ready for the next request
+# with that system prompt.
+#
+# </details>
+
+# %%
+# NBVAL_CHECK_OUTPUT
+shared = BlockManager(16, 16, RadixPrefixCache(16))
+system_32 = list(range(2000, 2032))
+
+
+def prefill(seq: Sequence) -> None:
+    """Admit `seq` (cached prefix first) and compute its prompt, as scheduler and runner do."""
+    shared.acquire_cached_prefix(seq)
+    shared.allocate(seq, seq.num_uncomputed_tokens)
+    seq.num_computed_tokens = seq.num_tokens
+    shared.cache_computed_blocks(seq)
+
+
+def refs(seq: Sequence) -> list[tuple[int, int, str]]:
+    """(block, ref count, state) of each block in `seq`'s table."""
+    return [(b, shared.ref_counts[b], shared.block_state(b)) for b in seq.block_table]
+
+
+x = Sequence(system_32 + list(range(8)))
+y = Sequence(system_32 + list(range(100, 113)))
+prefill(x)
+prefill(y)
+print("x:", refs(x), "\ny:", refs(y), "| y reused", y.num_cached_tokens, "tokens")
+assert x.block_table[:2] == y.block_table[:2]
+assert [r for _, r, _ in refs(x)] == [2, 2, 1] and [r for _, r, _ in refs(y)] == [2, 2, 1]
+
+x_last, y_last, system_blocks = x.block_table[2], y.block_table[2], y.block_table[:2]
+shared.deallocate(x)
+print("x finished:", refs(y), "| x's last block:", shared.block_state(x_last))
+assert [r for _, r, _ in refs(y)] == [1, 1, 1] and shared.block_state(x_last) == "free"
+shared.deallocate(y)
+states = [shared.block_state(b) for b in system_blocks]
+print("y finished: system blocks", states, "| y's last block:", shared.block_state(y_last))
+assert states == ["evictable", "evictable"] and shared.block_state(y_last) == "free"
+
+# %% [markdown]
+# ### 3 · A prompt that is all cached
+#
+# In the pool of exercise 2, the system prompt's two blocks are cached. A new request's prompt
+# is exactly those 32 tokens. How many of its tokens does `acquire_cached_prefix` reuse? And
+# for a 33-token prompt (the system prompt plus one token)?
+#
+# <details><summary>Solution</summary>
+#
+# 16, not 32. The engine needs logits at the prompt's last position to sample the first new
+# token, so that token must go through the model: only the first 31 tokens are looked up, and
+# the cache matches whole blocks, so one block (16 tokens) is reused and 16 are recomputed.
+# With 33 tokens, the first 32 are looked up and both blocks (32 tokens) are reused: one token
+# to compute. vLLM's `kv_cache_manager.py` has the same rule ("we must recompute the last
+# token to obtain logits").
+#
+# </details>
+
+# %%
+# NBVAL_CHECK_OUTPUT
+need(globals(), "shared", "system_32")
+exact = Sequence(system_32)
+reused_exact = shared.acquire_cached_prefix(exact)
+shared.deallocate(exact)
+one_more = Sequence(system_32 + [7])
+reused_one_more = shared.acquire_cached_prefix(one_more)
+shared.deallocate(one_more)
+print(f"32-token prompt: {reused_exact} reused; 33-token prompt: {reused_one_more} reused")
+assert (reused_exact, reused_one_more) == (16, 32)
 
 # %% [markdown]
 # Next: [04 · Scheduler](04_scheduler.ipynb), which decides each step who runs, and when to
