@@ -34,9 +34,23 @@
 #
 # Here a tiny random Qwen3 made by transformers and the same weights loaded into minillm
 # are checked layer by layer, then whole, and a Llama with Llama-3's RoPE scaling after it.
+#
+# **What you will see:** each layer (RMSNorm, RoPE, the SwiGLU MLP, grouped-query attention,
+# a whole decoder block, the whole model) run on the same inputs by minillm and by
+# transformers, with an assertion that they agree to float32 round-off; RoPE's rotation angles
+# and Llama 3.1's scaling of them drawn; which query heads share a kv head.
+#
+# **Open `minillm/models/decoder.py` beside this notebook** (140 lines: the decoder block and
+# the model, read top to bottom), and the layers it is built from in `minillm/layers/`
+# (`norm.py`, `rotary.py`, `activation.py`, `linear.py`, `attention.py`, each under 130 lines).
+# Three exercises at the end.
 
 # %%
+from minillm.notebook import need, require
+
+require("matplotlib")  # for the figures; if missing, it says what to pip install
 # %matplotlib inline
+import math
 import tempfile
 
 import torch
@@ -49,7 +63,7 @@ from transformers.utils import logging as hf_logging
 from minillm import viz
 from minillm.attention import AttentionMetadata, TorchBackend
 from minillm.config import ModelConfig
-from minillm.layers import RotaryEmbedding
+from minillm.layers import RMSNorm, RotaryEmbedding
 from minillm.loader import load_weights
 from minillm.models import build_model
 
@@ -338,6 +352,100 @@ with torch.no_grad():
 check("Llama logits", logits, hf_logits, atol=1e-4)
 print("same greedy next token at every position:",
       torch.equal(logits.argmax(-1), hf_logits.argmax(-1)))
+
+# %% [markdown]
+# ## Exercises
+#
+# Work each one out by hand first; the solution cells check the answer against minillm's
+# real layers.
+#
+# ### 1 · RMSNorm by hand
+#
+# An `RMSNorm(4)` with weight `[1, 1, 2, 0.5]` gets the hidden state `x = [1, 2, 3, 4]`. What
+# does it return (to 4 decimals)? And for `x + 10`: is the result the same, as it would be
+# for LayerNorm?
+#
+# <details><summary>Solution</summary>
+#
+# mean(x²) = (1 + 4 + 9 + 16) / 4 = 7.5, rms = √7.5 ≈ 2.7386, so x / rms ≈ [0.3651, 0.7303,
+# 1.0954, 1.4606], and times the weight ≈ [0.3651, 0.7303, 2.1909, 0.7303] (eps = 1e-6 hardly
+# matters here). RMSNorm only rescales: unlike LayerNorm it does not subtract the mean, so
+# adding 10 to every entry changes the result (every entry comes out close to its weight).
+#
+# </details>
+
+# %%
+# NBVAL_CHECK_OUTPUT
+rms_norm = RMSNorm(4, eps=1e-6)
+with torch.no_grad():
+    rms_norm.weight.copy_(torch.tensor([1.0, 1.0, 2.0, 0.5]))
+    x4 = torch.tensor([[1.0, 2.0, 3.0, 4.0]])  # [num_tokens, hidden_size]
+    by_hand = torch.tensor([[1.0, 2.0, 3.0, 4.0]]) / math.sqrt(7.5) * rms_norm.weight
+    check("RMSNorm([1, 2, 3, 4])", rms_norm(x4), by_hand)
+    print([round(v, 4) for v in rms_norm(x4)[0].tolist()])
+    shifted = rms_norm(x4 + 10)
+    print("x + 10:", [round(v, 4) for v in shifted[0].tolist()])
+    assert not torch.allclose(shifted, rms_norm(x4))
+    check("LayerNorm would not change", F.layer_norm(x4 + 10, (4,)), F.layer_norm(x4, (4,)))
+
+# %% [markdown]
+# ### 2 · Which kv head does query head 11 read?
+#
+# Qwen3-0.6B has 16 query heads and 8 kv heads. Which kv head does query head 11 attend with?
+# Check it with the real `TorchBackend`: give kv head `j` the value vectors all equal to `j`;
+# what must each query head's output be, whatever the queries and keys?
+#
+# <details><summary>Solution</summary>
+#
+# The group size is 16 / 8 = 2, and query head `h` reads kv head `h // 2`: query head 11 reads
+# kv head 5. Attention outputs a weighted average of value vectors with weights summing to 1,
+# so if every value of kv head `j` is the constant `j`, query head `h`'s output is exactly
+# `h // 2`, whatever the scores are.
+#
+# </details>
+
+# %%
+# NBVAL_CHECK_OUTPUT
+need(globals(), "meta", "T")
+q16 = torch.randn(T, 16, 8)  # [num_tokens, num_heads, head_dim]
+k8 = torch.randn(T, 8, 8)  # [num_tokens, num_kv_heads, head_dim]
+v8 = torch.arange(8.0)[None, :, None].expand(T, 8, 8)  # kv head j: all values j
+out = TorchBackend().prefill(q16, k8, v8, torch.empty(0), torch.empty(0), meta, scale=8**-0.5)
+read = out[0, :, 0].round().int().tolist()  # which kv head each query head read
+print("query head -> kv head:", dict(enumerate(read)))
+assert read[11] == 5 and read == [h // 2 for h in range(16)]
+assert torch.allclose(out, torch.tensor(read, dtype=torch.float)[None, :, None].expand_as(out))
+assert viz.gqa_groups(16, 8)[5] == [10, 11]
+
+# %% [markdown]
+# ### 3 · Parameters of one decoder layer
+#
+# Count the parameters of one layer of the tiny Qwen3 above by hand: hidden size 64, 4 query
+# heads and 2 kv heads of 16 dimensions, intermediate size 128, no biases, QK-norm. Which
+# projection is the largest?
+#
+# <details><summary>Solution</summary>
+#
+# `qkv_proj`: 64 inputs × (64 + 32 + 32) outputs = 8,192; `o_proj`: 64 × 64 = 4,096;
+# `gate_up_proj`: 64 × 256 = 16,384; `down_proj`: 128 × 64 = 8,192; two RMSNorms of 64 and
+# the q and k norms of 16 each: 160. In all 37,024, the same as transformers' layer (fusing
+# projections changes the layout, not the count). The MLP holds two thirds of it, as in most
+# LLMs; GQA makes k and v half the size of q.
+#
+# </details>
+
+# %%
+# NBVAL_CHECK_OUTPUT
+need(globals(), "model", "hf")
+count_by_hand = 64 * (64 + 32 + 32) + 64 * 64 + 64 * 2 * 128 + 128 * 64 + 2 * 64 + 2 * 16
+layer0 = model.model.layers[0]
+counts = {name: p.numel() for name, p in layer0.named_parameters()}
+for name, n in counts.items():
+    print(f"{name:32s} {n:6,d}")
+print(f"{'total':32s} {sum(counts.values()):6,d}")
+assert sum(counts.values()) == count_by_hand == 37024
+assert count_by_hand == sum(p.numel() for p in hf.model.layers[0].parameters())
+assert max(counts, key=counts.get) == "mlp.gate_up_proj.weight"
 
 # %% [markdown]
 # Every layer computes what transformers computes. What changes in an engine is around the
