@@ -30,9 +30,25 @@
 #
 # `run(batch)` does all three; here they are called one at a time, on the demo model
 # (SmolLM2-135M-Instruct) with a deliberately small KV pool: 24 blocks of 4 tokens.
+#
+# **What you will see:** the flat inputs of a prefill step, a decode step and a mixed step
+# with a cached prefix, printed and drawn over the KV pool (which slot each token's key and
+# value go to); the keys found in exactly those slots after the forward pass; three requests
+# generated to the end; and the sampler's temperature, top-k, top-p and min-p filters on a
+# real next-token distribution, with seeded draws that match it.
+#
+# **Open `minillm/runner.py` beside this notebook**: `prepare` builds the step's tensors,
+# `forward` and `run` use them. The metadata it fills is `AttentionMetadata` in
+# `minillm/attention/`, whose `torch_backend.py` is the reference backend used here; the
+# sampler is `minillm/sampling.py`. Three exercises at the end.
 
 # %%
+from minillm.notebook import need, require
+
+require("matplotlib")  # for the figures; if missing, it says what to pip install
 # %matplotlib inline
+import dataclasses
+
 import torch
 
 from minillm import viz
@@ -42,7 +58,7 @@ from minillm.hub import resolve_model
 from minillm.runner import ModelRunner
 from minillm.sampling import SamplingBatch
 from minillm.scheduler import Scheduler
-from minillm.sequence import Sequence
+from minillm.sequence import Sequence, StepInput
 from minillm.tokenizer import Tokenizer
 
 torch.manual_seed(0)
@@ -286,6 +302,101 @@ for i in expected.nonzero()[:, 0].tolist():
     print(f"{label(top_ids[i].item()):<9} {expected[i]:8.2f}  {frequency[i]:5.2f}")
 assert (frequency - expected).abs().max() < 0.05
 print("drawn frequencies match the filtered distribution (within 0.05)")
+
+# %% [markdown]
+# ## Exercises
+#
+# Work out each answer by hand; the solution cells ask the real runner and sampler. The
+# runner's `prepare` only builds tensors, so it can be called with any step inputs.
+#
+# ### 1 · A slot mapping from a block table
+#
+# With blocks of 4 tokens, a sequence whose block table is `[7, 2, 9]` has 6 tokens computed
+# and this step computes 4 more (positions 6 to 9). Which slots does `prepare` give them?
+#
+# <details><summary>Solution</summary>
+#
+# Position `p` goes to `block_table[p // 4] * 4 + p % 4`. Positions 6 and 7 are in logical
+# block 1, physical block 2: slots 10 and 11. Positions 8 and 9 are in logical block 2,
+# physical block 9: slots 36 and 37. So `[10, 11, 36, 37]`: contiguous within a block, a
+# jump between blocks.
+#
+# </details>
+
+# %%
+# NBVAL_CHECK_OUTPUT
+need(globals(), "runner")
+one = StepInput(seq_id=9, token_ids=(11, 12, 13, 14), start_pos=6, block_table=(7, 2, 9))
+_, one_positions, one_meta = runner.prepare([one])
+slots = one_meta.slot_mapping.tolist()
+print("positions", one_positions.tolist(), "-> slots", slots)
+assert slots == [(7, 2, 9)[p // 4] * 4 + p % 4 for p in range(6, 10)] == [10, 11, 36, 37]
+
+# %% [markdown]
+# ### 2 · The metadata of a mixed step
+#
+# One step holds three sequences: a decode of the token at position 20 (block table
+# `[0, 1, 2, 3, 4, 5]`), a new 5-token prompt (blocks `[6, 7]`), and a prompt whose first 8
+# tokens were found in the prefix cache, computing its last 3 (blocks `[8, 9, 10]`). What are
+# `cu_seqlens_q`, `seq_lens`, `max_query_len` and the slot mapping?
+#
+# <details><summary>Solution</summary>
+#
+# Query lengths are 1, 5 and 3, so the rows start at `cu_seqlens_q = [0, 1, 6, 9]`. Each
+# sequence attends to every key up to its last new token: `seq_lens = [21, 5, 11]`.
+# `max_query_len` is 5, so this is not a decode-only step. Slots: position 20 is in block
+# `table[5] = 5`, slot 20; the new prompt's positions 0 to 4 are slots 24 to 27 (block 6) and
+# 28 (block 7); positions 8 to 10 of the third are in block `table[2] = 10`: slots 40 to 42.
+#
+# </details>
+
+# %%
+# NBVAL_CHECK_OUTPUT
+need(globals(), "runner")
+mixed = [StepInput(0, (501,), start_pos=20, block_table=(0, 1, 2, 3, 4, 5)),
+         StepInput(1, (502, 503, 504, 505, 506), start_pos=0, block_table=(6, 7)),
+         StepInput(2, (507, 508, 509), start_pos=8, block_table=(8, 9, 10))]
+_, _, mixed_meta = runner.prepare(mixed)
+print("cu_seqlens_q", mixed_meta.cu_seqlens_q.tolist(), "| seq_lens",
+      mixed_meta.seq_lens.tolist(), "| max_query_len", mixed_meta.max_query_len)
+print("slot_mapping", mixed_meta.slot_mapping.tolist())
+assert mixed_meta.cu_seqlens_q.tolist() == [0, 1, 6, 9]
+assert mixed_meta.seq_lens.tolist() == [21, 5, 11] and mixed_meta.max_query_len == 5
+assert not mixed_meta.is_decode_only
+assert mixed_meta.slot_mapping.tolist() == [20, 24, 25, 26, 27, 28, 40, 41, 42]
+
+# %% [markdown]
+# ### 3 · What top-p and min-p keep
+#
+# A model gives five tokens the probabilities `[0.5, 0.2, 0.15, 0.1, 0.05]`. With
+# `top_p=0.8`, which tokens can be drawn, and with what probabilities? With `min_p=0.35`
+# instead?
+#
+# <details><summary>Solution</summary>
+#
+# top-p keeps the smallest set of most likely tokens whose probability reaches 0.8: 0.5 + 0.2
+# = 0.7 is not enough, 0.5 + 0.2 + 0.15 = 0.85 is. Tokens 0, 1 and 2, renormalised: 0.5 /
+# 0.85 ≈ 0.588, 0.2 / 0.85 ≈ 0.235, 0.15 / 0.85 ≈ 0.176. min-p keeps tokens at least 0.35 ×
+# 0.5 = 0.175 likely: tokens 0 and 1, with 0.5 / 0.7 ≈ 0.714 and 0.2 / 0.7 ≈ 0.286. The
+# seeded draws below never pick anything else.
+#
+# </details>
+
+# %%
+# NBVAL_CHECK_OUTPUT
+need(globals(), "runner")
+five = torch.tensor([0.5, 0.2, 0.15, 0.1, 0.05]).log()  # logits of the five tokens
+for params, expected in ((SamplingParams(top_p=0.8), [0.5, 0.2, 0.15, 0, 0]),
+                         (SamplingParams(min_p=0.35), [0.5, 0.2, 0, 0, 0])):
+    kept = viz.sampler_stages(five, params)[-1][1]  # the probabilities the sampler draws from
+    expected = torch.tensor(expected) / sum(expected)
+    requests = [Sequence([1], dataclasses.replace(params, seed=s)) for s in range(1000)]
+    drawn = runner.sampler(five.expand(1000, -1),
+                           SamplingBatch.from_sequences(requests, vocab_size=5)).token_ids
+    print(f"top_p={params.top_p:g} min_p={params.min_p:g}: keeps",
+          [round(p, 3) for p in kept.tolist()], "| drawn:", sorted(set(drawn.tolist())))
+    assert torch.allclose(kept, expected, atol=1e-6)
+    assert set(drawn.tolist()) == set(expected.nonzero()[:, 0].tolist())
 
 # %% [markdown]
 # Next: tensor parallelism (07) splits the same model over several ranks. The
