@@ -8,15 +8,21 @@ class and the server drive it through `add_request` / `step` / `abort`.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from minillm.config import EngineConfig, SamplingParams
 from minillm.runner import ModelRunner, resolve_device
-from minillm.scheduler import Scheduler
+from minillm.scheduler import Batch, Scheduler
 from minillm.sequence import Sequence, SequenceStatus
 from minillm.tokenizer import IncrementalDetokenizer, Tokenizer, find_stop, stop_holdback
 
 Prompt = str | list[int]
+# Called after every step that ran: (engine, batch, outputs, the step's seconds). For
+# recording and drawing (`minillm.trace`, `minillm.viz.Dashboard`); the step's cost when none
+# is registered is one empty-list check.
+StepObserver = Callable[["LLMEngine", Batch, list["RequestOutput"], float], None]
 
 
 def encode_prompt(tokenizer: Tokenizer, prompt: Prompt, vocab_size: int, max_model_len: int,
@@ -97,6 +103,7 @@ class LLMEngine:
         self.scheduler = Scheduler(config)
         self.vocab_size = config.model_config.vocab_size
         self._requests: dict[int, _Request] = {}
+        self.step_observers: list[StepObserver] = []
 
     # ---- requests ----
 
@@ -134,6 +141,7 @@ class LLMEngine:
         """Schedule, run and sample one step; outputs for the requests that got a token."""
         if not self.scheduler.has_unfinished():
             return []
+        t0 = time.perf_counter() if self.step_observers else 0.0
         batch = self.scheduler.schedule()
         if batch.is_empty:
             return []
@@ -161,6 +169,10 @@ class LLMEngine:
             outputs.append(self._update(req, tokens[row]))
             if req.seq.is_finished:
                 del self._requests[seq.seq_id]
+        if self.step_observers:
+            seconds = time.perf_counter() - t0
+            for observe in list(self.step_observers):
+                observe(self, batch, outputs, seconds)
         return outputs
 
     def _update(self, req: _Request, token: int) -> RequestOutput:

@@ -63,17 +63,24 @@ class LLM:
         return params
 
     def generate(self, prompts, sampling_params=None, use_tqdm: bool = True,
-                 ) -> list[RequestOutput]:
+                 show: bool = False) -> list[RequestOutput]:
         """Complete every prompt; outputs in the order of the prompts.
 
         All prompts are validated before any is queued, so a bad one raises ValueError and
-        nothing runs.
+        nothing runs. `show=True` displays a live `minillm.viz.Dashboard` of the run (KV pool,
+        queues, batches, rates) in the notebook, and no progress bar.
         """
         prompt_list = self._as_prompt_list(prompts)
         if not prompt_list:
             raise ValueError("prompts=[] is invalid: give at least one prompt")
         params = self._params_list(sampling_params, len(prompt_list))
         token_ids = [self.engine.encode_prompt(p) for p in prompt_list]
+        if show:
+            from minillm.viz.dashboard import Dashboard
+
+            with Dashboard(self) as dashboard:
+                dashboard.display()
+                return self._run(prompt_list, token_ids, params, use_tqdm=False)
         return self._run(prompt_list, token_ids, params, use_tqdm)
 
     def _run(self, prompts: list[Prompt], token_ids: list[list[int]],

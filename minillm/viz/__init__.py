@@ -11,6 +11,13 @@ To drive a scheduler without a model, use `minillm.simulate` (made-up tokens).
 
 from minillm.viz.block_tables import block_tables_text, draw_block_tables
 from minillm.viz.blocks import block_owners, block_pool_text, draw_block_pool
+from minillm.viz.dashboard import (
+    Dashboard,
+    Throttle,
+    dashboard_html,
+    dashboard_text,
+    draw_dashboard,
+)
 from minillm.viz.layers import (
     draw_gqa,
     draw_rope,
@@ -48,13 +55,18 @@ from minillm.viz.timeline import (
 from minillm.viz.widgets import SchedulerStepper
 
 __all__ = [
+    "Dashboard",
     "SchedulerStepper",
+    "Throttle",
     "abbreviate_tokens",
     "block_owners",
     "block_pool_text",
     "block_tables_text",
+    "dashboard_html",
+    "dashboard_text",
     "draw_block_pool",
     "draw_block_tables",
+    "draw_dashboard",
     "draw_gqa",
     "draw_kv_usage",
     "draw_radix_tree",
