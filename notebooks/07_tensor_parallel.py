@@ -28,11 +28,21 @@
 # message from rank 0 (`minillm/worker.py`). On GPUs the tensors travel through NCCL; on the
 # CPU, as here, through gloo.
 #
-# This notebook splits a linear layer by hand both ways, takes an all-reduce apart, draws
-# which slice of each weight a rank holds, runs a tiny model on two CPU ranks and gets the
-# tokens one rank gets, and starts the same ranks with `torchrun`.
+# **What you will see:** a linear layer split by hand both ways (column- and row-parallel)
+# giving the unsplit result, an all-reduce taken apart, which slice of each weight every rank
+# holds (drawn for Qwen3-0.6B and Qwen2.5-1.5B), a tiny model run on two CPU ranks giving
+# the tokens one rank gives, the size of the per-step control message, and the same ranks
+# started by `torchrun`.
+#
+# **Open `minillm/layers/linear.py` beside this notebook** (125 lines): the sharding rules
+# live there, in each parallel layer's `weight_loader`. `minillm/distributed.py` holds the
+# process group and `all_reduce`, `minillm/worker.py` the loop ranks 1..N-1 run. Three
+# exercises at the end.
 
 # %%
+from minillm.notebook import need, require
+
+require("matplotlib")  # for the figures; if missing, it says what to pip install
 # %matplotlib inline
 import dataclasses
 import multiprocessing
@@ -369,6 +379,106 @@ print("same as LLM's:  ", run.stdout.rstrip("\n") == two[1].text)
 
 # %%
 shutil.rmtree(model_dir)
+
+# %% [markdown]
+# ## Exercises
+#
+# Work out each answer by hand; the solution cells check it with `shard_ranges`, which states
+# the layers' loading rules (and is tested against what real ranks load).
+#
+# ### 1 · Which rows of `q_proj` does rank 1 hold?
+#
+# Qwen3-0.6B (16 query heads and 8 kv heads of 128 dimensions, hidden size 1024) over 2
+# ranks. Which rows of the checkpoint's `q_proj` weight (`[2048, 1024]`) does rank 1 load,
+# which heads are they, and which rows of `k_proj`? Which part of `o_proj` does it take? Why
+# does rank 1's attention need nothing from rank 0?
+#
+# <details><summary>Solution</summary>
+#
+# Rows 1024–2047 of `q_proj`: query heads 8–15 (128 rows each). Rows 512–1023 of `k_proj` (and
+# of `v_proj`): kv heads 4–7. `o_proj` is row-parallel: rank 1 takes *columns* 1024–2047, the
+# inputs that come from its own heads' outputs. With groups of 16 / 8 = 2, query head `h`
+# reads kv head `h // 2`, so heads 8–15 read kv heads 4–7: exactly the ones rank 1 holds.
+# Attention needs no exchange; only `o_proj`'s partial sums are all-reduced.
+#
+# </details>
+
+# %%
+# NBVAL_CHECK_OUTPUT
+need(globals(), "qwen3_0_6b")
+rank1 = shard_ranges(qwen3_0_6b, 2, rank=1)
+for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+    shard = rank1[name]
+    print(f"{name}: {('rows', 'columns')[shard.dim]} {shard.start}-{shard.stop - 1} of "
+          f"{shard.shape}, heads {shard.heads[0]}-{shard.heads[1] - 1}")
+q_shard, k_shard, o_shard = rank1["q_proj"], rank1["k_proj"], rank1["o_proj"]
+assert (q_shard.dim, q_shard.start, q_shard.stop, q_shard.heads) == (0, 1024, 2048, (8, 16))
+assert (k_shard.start, k_shard.stop, k_shard.heads) == (512, 1024, (4, 8))
+assert (o_shard.dim, o_shard.start, o_shard.stop) == (1, 1024, 2048)
+assert {h // 2 for h in range(*q_shard.heads)} == set(range(*k_shard.heads))  # GQA groups
+
+# %% [markdown]
+# ### 2 · Fewer kv heads than ranks
+#
+# Qwen2.5-1.5B (12 query heads, 2 kv heads) over 4 ranks. Which query heads and which kv head
+# does rank 3 hold? Which other rank holds the same kv head, and how many kv heads does each
+# rank keep in its KV cache?
+#
+# <details><summary>Solution</summary>
+#
+# 12 / 4 = 3 query heads per rank: rank 3 holds heads 9–11. Those read kv head 1 (heads 6–11
+# share it). A kv head cannot be split, so 4 / 2 = 2 ranks hold each one: ranks 2 and 3 both
+# load kv head 1 (rows 128–255 of `k_proj` and `v_proj`), and each rank's KV cache stores one
+# kv head per token. Going from 2 to 4 ranks halves the query work per rank but not the KV
+# cache per rank.
+#
+# </details>
+
+# %%
+# NBVAL_CHECK_OUTPUT
+need(globals(), "qwen25_1_5b")
+shards = [shard_ranges(qwen25_1_5b, 4, rank=r) for r in range(4)]
+print("rank 3:", "q heads", shards[3]["q_proj"].heads, "| kv heads", shards[3]["k_proj"].heads,
+      "| k_proj rows", (shards[3]["k_proj"].start, shards[3]["k_proj"].stop))
+same_kv = [r for r in range(4) if shards[r]["k_proj"].heads == shards[3]["k_proj"].heads]
+print("ranks holding that kv head:", same_kv)
+assert shards[3]["q_proj"].heads == (9, 12) and shards[3]["k_proj"].heads == (1, 2)
+assert same_kv == [2, 3] and shards[3]["k_proj"].replicas == 2
+tp4 = EngineConfig(model_config=qwen25_1_5b, tensor_parallel_size=4)
+assert tp4.num_kv_heads_per_rank == 1
+
+# %% [markdown]
+# ### 3 · A vocabulary that does not divide
+#
+# Many fine-tunes of Llama-2-7B add one padding token: a vocabulary of 32,001. Over 4 ranks,
+# how many embedding rows does each rank hold? Which rank looks up token 20,000, and what do
+# the other ranks contribute for it? How many zero rows does the last rank carry?
+#
+# <details><summary>Solution</summary>
+#
+# The vocabulary is padded to a multiple of the rank count: ceil(32,001 / 4) = 8,001 rows per
+# rank, rank `r` holding token ids `8001·r` to `8001·r + 8000`. Token 20,000 is in rank 2's
+# range (16,002–24,002); the other ranks output zeros for it, and the all-reduce's sum is
+# rank 2's row. The last rank holds ids 24,003–32,000, 7,998 real rows, and 3 zero rows. The
+# untied `lm_head` is split the same way; rank 0 gathers the logits and drops the padding.
+#
+# </details>
+
+# %%
+# NBVAL_CHECK_OUTPUT
+llama2_7b_pad = ModelConfig(  # meta-llama/Llama-2-7b-hf's shape, plus one added token
+    architecture="LlamaForCausalLM", vocab_size=32001, hidden_size=4096,
+    intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+    num_key_value_heads=32, head_dim=128, max_position_embeddings=4096)
+embed = [shard_ranges(llama2_7b_pad, 4, rank=r)["embed_tokens"] for r in range(4)]
+for r, shard in enumerate(embed):
+    print(f"rank {r}: token ids {shard.start}-{shard.stop - 1}, {shard.size} rows "
+          f"({shard.padding} zero)")
+looks_up = [r for r, shard in enumerate(embed) if shard.start <= 20000 < shard.stop]
+print("token 20000 is looked up by rank", looks_up)
+assert {shard.size for shard in embed} == {8001} and looks_up == [2]
+assert (embed[3].start, embed[3].stop, embed[3].padding) == (24003, 32001, 3)
+assert shard_ranges(llama2_7b_pad, 4, rank=3)["lm_head"].padding == 3
 
 # %% [markdown]
 # The tests that hold this together: `tests/test_tensor_parallel.py` (two ranks equal one
