@@ -99,11 +99,14 @@ def run_once(llm: LLM, mode: str, prompts, params) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=7, help="runs of each mode, interleaved")
+    ap.add_argument("--rounds", type=int, default=5, help="runs of each mode, interleaved")
     ap.add_argument("--num-prompts", type=int, default=8)
-    ap.add_argument("--max-tokens", type=int, default=48)
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (1 keeps timings steady on a shared machine)")
     ap.add_argument("--out", default=OUT)
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
 
     llm = LLM(device="cpu", max_model_len=512, seed=0)  # default blocks of 16, pool from 1 GiB
     tok = llm.engine.tokenizer
