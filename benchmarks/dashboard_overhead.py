@@ -128,10 +128,13 @@ def main() -> int:
     for mode, xs in runs.items():
         assert all(x["token_ids"] == reference for x in xs), f"{mode} changed the tokens"
         med = statistics.median(x["seconds"] for x in xs)
+        paired = [100 * (x["seconds"] / p["seconds"] - 1) for x, p in zip(xs, runs["plain"])]
         results[mode] = {
             "seconds": [round(x["seconds"], 3) for x in xs],
             "median_seconds": round(med, 3),
             "overhead_pct": round(100 * (med / base - 1), 2),
+            "paired_overhead_pct": {"median": round(statistics.median(paired), 2),
+                                    "min": round(min(paired), 2), "max": round(max(paired), 2)},
             "observer_pct": round(100 * statistics.median(
                 x["observer_seconds"] / x["seconds"] for x in xs), 3),
             "observer_ms_per_step": round(1e3 * statistics.median(
@@ -152,8 +155,10 @@ def main() -> int:
                      "greedy": True, "ignore_eos": True, "steps_per_run": steps,
                      "kv_blocks": llm.config.num_kvcache_blocks,
                      "block_size": llm.config.kvcache_block_size, "rounds": args.rounds},
-        "note": "overhead_pct: median wall time against plain (end to end, noisy on a shared "
-                "CPU). observer_pct: time inside the engine's step observers (recording and "
+        "note": "overhead_pct: median wall time against plain's median; paired_overhead_pct: "
+                "each round's run against the same round's plain run (min and max show the "
+                "machine's noise). Both are end to end and noisy on a shared CPU. "
+                "observer_pct: time inside the engine's step observers (recording and "
                 "drawing) as a share of the run. The dashboard's frame is HTML built in the "
                 "engine's thread; with no Jupyter frontend attached, sending it is not timed. "
                 "Tokens were checked identical across all modes.",

@@ -205,7 +205,7 @@ def test_live_dashboard_draws_every_step_when_unthrottled(checkpoint, prompts):
     outs = llm.generate(prompts, GREEDY, use_tqdm=False)
     trace = dash.detach()
     assert dash.num_redraws == len(trace) == len(frames) == llm.stats()["steps"]
-    assert all("<b>live</b>" in f for f in frames)
+    assert all("<b>live</b>" in f for f in frames[:-1]) and "<b>done</b>" in frames[-1]
     assert f"step {trace[-1].step} ({len(trace)} of {len(trace)})" in frames[-1]
     assert dash.current == len(trace) - 1 and not dash.live
     assert llm.engine.step_observers == [] and llm.engine.scheduler.trace is None

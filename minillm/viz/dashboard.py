@@ -468,8 +468,12 @@ def _rates_svg(trace: Trace, i: int, window: int, width: int = 220, height: int 
 
 
 def dashboard_html(trace: Trace, step: int | None = None, window: int = 60,
-                   live: bool = False) -> str:
-    """The frame of step `step` (an index into `trace.steps`; default the last) as HTML."""
+                   mode: str = "replay") -> str:
+    """The frame of step `step` (an index into `trace.steps`; default the last) as HTML.
+
+    `mode` is the word the header starts with: "live", "done" (a live run that ended) or
+    "replay".
+    """
     i = _step_index(trace, step)
     s = trace.steps[i]
 
@@ -479,7 +483,7 @@ def dashboard_html(trace: Trace, step: int | None = None, window: int = 60,
 
     events = "".join(f" · {name} {ids}" for name, ids in
                      (("preempted", s.preempted), ("finished", s.finished)) if ids)
-    return (f"{_CSS}<div class='mdb'><b>{'live' if live else 'replay'}</b> · step {s.step} "
+    return (f"{_CSS}<div class='mdb'><b>{mode}</b> · step {s.step} "
             f"({i + 1} of {len(trace)}) · {s.time:.2f} s · "
             f"{trace.tokens_per_second(i + 1, RATE_WINDOW):.1f} tokens/s · "
             f"{s.generated_tokens} generated · hit rate {s.hit_rate:.0%} · "
@@ -592,7 +596,10 @@ class Dashboard:
             return
         started = time.perf_counter()
         i = _step_index(self.trace, step)
-        self.view.value = dashboard_html(self.trace, i, self.window, live=self.live)
+        mode = "replay" if self.recorder is None else "live" if self.live else "done"
+        if self.live and self.engine is not None and not self.engine.has_unfinished():
+            mode = "done"
+        self.view.value = dashboard_html(self.trace, i, self.window, mode)
         self.current = i
         self.throttle.done(started, time.perf_counter() - started)
 
