@@ -32,8 +32,22 @@
 # ZMQ PUSH/PULL pipes on Unix sockets; every message is one of the small dataclasses of
 # `minillm/server/messages.py`, msgpack on the wire. The pictures below take their names
 # from those classes.
+#
+# **What you will see:** the three processes and their sockets, drawn; the messages of a
+# streamed request, a refused one and a cancelled one; a real server started on the demo
+# model and used through the `openai` client: a chat answer, a completion with a stop
+# string, tokens streamed live, 400 errors in OpenAI's JSON, and the Prometheus metrics.
+#
+# **Open `minillm/server/messages.py` beside this notebook** (176 lines): every message
+# between the processes is one of its dataclasses. Then `api.py` (the HTTP routes),
+# `engine_client.py` (the API process's side of the pipes), `tokenizer_worker.py` and
+# `scheduler_process.py`, and `protocol.py` for the request checks and error JSON. Three
+# exercises at the end; they need no running server.
 
 # %%
+from minillm.notebook import need, require
+
+require("matplotlib", "fastapi", "uvicorn", "zmq", "msgpack", "httpx", "openai")
 # %matplotlib inline
 import json
 import tempfile
@@ -41,9 +55,13 @@ import time
 
 import httpx
 import openai
+from fastapi.testclient import TestClient
 
 from minillm import hub, viz
+from minillm.config import EngineConfig
+from minillm.server.api import build_app
 from minillm.server.launcher import ServerProcess
+from minillm.server.metrics import ServerMetrics
 
 # %% [markdown]
 # ## The process model
@@ -183,11 +201,13 @@ print(f"first chunk after {1000 * times[0]:.0f} ms; then every "
 # %%
 # NBVAL_CHECK_OUTPUT
 too_long = [{"role": "user", "content": "hello " * 600}]
+live_errors = []  # the error JSON the server sent, for the exercises
 for kwargs in (dict(messages=too_long), dict(messages=question, temperature=-1)):
     try:
         client.chat.completions.create(model=model_name, max_tokens=8, **kwargs)
     except openai.BadRequestError as e:
-        print(e.status_code, json.dumps(e.response.json(), indent=1))
+        live_errors.append(e.response.json())
+        print(e.status_code, json.dumps(live_errors[-1], indent=1))
 
 # %% [markdown]
 # ## The metrics
@@ -222,3 +242,103 @@ for name in ("minillm_num_requests_running", "minillm_num_requests_waiting",
 # %%
 code = server.stop()
 print("server exit code:", code, "| still running:", server.proc.poll() is None)
+
+# %% [markdown]
+# ## Exercises
+#
+# None of them needs a running server. `build_app` builds the real FastAPI app of the API
+# process; FastAPI's `TestClient` sends it requests in this process, and as long as it is not
+# used in a `with` block the app's start-up (which would start the tokenizer worker and the
+# scheduler) never runs. Requests refused before they reach the engine get their real answer.
+#
+# ### 1 · The 400 for a bad temperature
+#
+# A chat request with `temperature=-1`: which process refuses it, and what JSON comes back,
+# field by field (`message`, `type`, `param`, `code`)? Check your answer against the one the
+# live server sent above.
+#
+# <details><summary>Solution</summary>
+#
+# The API process, before any message is sent: the JSON has the right shape and types, so
+# pydantic accepts it, and then `protocol.sampling_params` builds `SamplingParams`, whose
+# check fails. The `ValueError`'s text becomes the message, and `param` is the field it
+# names: `{"error": {"message": "temperature=-1.0 is invalid: must be >= 0 (0 means
+# greedy)", "type": "invalid_request_error", "param": "temperature", "code": null}}` with
+# status 400, the same body the `openai` client raised `BadRequestError` for.
+#
+# </details>
+
+# %%
+# NBVAL_CHECK_OUTPUT
+need(globals(), "model_name", "live_errors")
+api = TestClient(build_app(EngineConfig(max_model_len=512), model_name))  # no engine started
+answer = api.post("/v1/chat/completions", json={
+    "model": model_name, "messages": question, "max_tokens": 8, "temperature": -1})
+print(answer.status_code, json.dumps(answer.json(), indent=1))
+assert answer.status_code == 400 and answer.json() == live_errors[1]
+assert answer.json()["error"]["param"] == "temperature"
+
+# %% [markdown]
+# ### 2 · Who names the field?
+#
+# Three more refused requests: `"temperature": "0.5"` (a string), `"max_completion_tokens":
+# 0`, and `"model": "gpt-4"`. What status does each get, and what `param`? Which check refuses
+# each one?
+#
+# <details><summary>Solution</summary>
+#
+# - `"0.5"`: pydantic, in strict mode (a string is not a number), before the route runs.
+#   FastAPI would answer 422; minillm's handler turns it into OpenAI's 400 with `param`
+#   `"temperature"`.
+# - `max_completion_tokens: 0`: `SamplingParams` refuses `max_tokens=0` (its own name for the
+#   field), but `param` is `"max_completion_tokens"`, the name the client sent.
+# - `"gpt-4"`: the server serves one model; any other name is a 404 with
+#   `code: "model_not_found"`, as in the OpenAI API.
+#
+# </details>
+
+# %%
+# NBVAL_CHECK_OUTPUT
+need(globals(), "api", "question")
+refused = {}
+for field, value in (("temperature", "0.5"), ("max_completion_tokens", 0), ("model", "gpt-4")):
+    r = api.post("/v1/chat/completions", json={"messages": question, field: value})
+    refused[field] = (r.status_code, r.json()["error"])
+    print(f"{field}={value!r}: {r.status_code} {r.json()['error']}")
+assert refused["temperature"] == (400, {"message": "temperature: Input should be a valid number",
+                                        "type": "invalid_request_error",
+                                        "param": "temperature", "code": None})
+assert refused["max_completion_tokens"][1]["param"] == "max_completion_tokens"
+assert refused["max_completion_tokens"][1]["message"].startswith("max_tokens=0 is invalid")
+assert refused["model"][0] == 404 and refused["model"][1]["code"] == "model_not_found"
+
+# %% [markdown]
+# ### 3 · Reading a latency histogram
+#
+# `/metrics` reports time to first token as a Prometheus histogram. Three requests got their
+# first token after 0.05 s, 0.2 s and 1.5 s. What do the lines `le="0.1"`, `le="1.0"` and
+# `le="+Inf"` of `minillm_time_to_first_token_seconds_bucket` say, and `_count` and `_sum`?
+#
+# <details><summary>Solution</summary>
+#
+# Prometheus buckets are cumulative: each counts the observations *at or below* its bound.
+# `le="0.1"` is 1 (0.05 s), `le="1.0"` is 2 (0.05 and 0.2 s), `le="+Inf"` is 3, all of them,
+# equal to `_count`; `_sum` is 1.75. A quantile is read from where the cumulative count
+# crosses it: the median (the 2nd of 3) lies in the bucket from 0.1 to 0.25 s.
+#
+# </details>
+
+# %%
+# NBVAL_CHECK_OUTPUT
+metrics_of_3 = ServerMetrics()
+for seconds in (0.05, 0.2, 1.5):
+    metrics_of_3.ttft.observe(seconds)
+lines = metrics_of_3.ttft.render()
+wanted = [line for line in lines if 'le="0.1"' in line or 'le="1.0"' in line
+          or 'le="+Inf"' in line or "_count" in line or "_sum" in line]
+print("\n".join(wanted))
+name = "minillm_time_to_first_token_seconds"
+assert f'{name}_bucket{{le="0.1"}} 1' in lines and f'{name}_bucket{{le="1.0"}} 2' in lines
+assert f'{name}_bucket{{le="+Inf"}} 3' in lines and f"{name}_count 3" in lines
+assert f"{name}_sum 1.75" in lines
+assert f'{name}_bucket{{le="0.25"}} 2' in lines  # where the median (2nd of 3) is crossed
