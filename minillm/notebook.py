@@ -41,7 +41,7 @@ def install_hint(package: str) -> str:
 def is_installed(package: str) -> bool:
     """Whether `package` (an import name) can be imported, without importing it."""
     top = package.split(".")[0]
-    if top in sys.modules:
+    if sys.modules.get(top) is not None:  # imported already (None there blocks an import)
         return True
     try:
         return importlib.util.find_spec(top) is not None

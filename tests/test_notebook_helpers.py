@@ -48,6 +48,12 @@ def test_is_installed():
     assert not is_installed("no_such_pkg") and not is_installed("no_such_pkg.sub")
 
 
+def test_a_blocked_import_counts_as_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # how tests hide a package
+    with pytest.raises(ModuleNotFoundError, match=r'pip install "minillm\[notebooks\]"'):
+        require("matplotlib")
+
+
 def test_is_installed_does_not_import():
     code = ("import sys; from minillm.notebook import is_installed; "
             "assert is_installed('matplotlib'); assert 'matplotlib' not in sys.modules; "
