@@ -127,7 +127,13 @@ def headline(r: Result) -> str:
             f": at most {worst:.1%} of a forward pass" if worst is not None else "")
     checks = [f"{k}: {v}" for k, v in r.data.items() if isinstance(v, str) and "/" in v
               and k not in ("command", "commit", "device", "machine", "note", "date")]
-    return "; ".join(checks[:2]) + (" …" if len(checks) > 2 else "") if checks else "—"
+    if checks:
+        return "; ".join(checks[:2]) + (" …" if len(checks) > 2 else "")
+    # Otherwise name what it compares: a section whose entries are all dicts ("modes": ...).
+    for key, value in r.data.items():
+        if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
+            return f"{key}: {', '.join(map(str, value))}"
+    return "—"
 
 
 def _cell(text: object) -> str:
