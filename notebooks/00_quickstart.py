@@ -25,10 +25,30 @@
 #
 # The notebooks after this one take the engine apart, stage by stage (01 config, 02
 # sequences, 03 block manager, 04 scheduler, 05 layers, 06 runner). This one only uses it.
+#
+# **What you will see:** a greedy chat answer and the prompt the model really saw; batched
+# generation with stop strings and seeded sampling; a streamed answer; a second chat turn
+# served partly from the prefix cache; the KV block pool shared by three requests; and the
+# engine's dashboard (KV pool, queues, each step's batch, tokens per second, prefix-cache hit
+# rate), live while generation runs and replayed from a recorded trace afterwards.
+#
+# **Open `minillm/llm.py` beside this notebook**: `generate`, `stream` and `chat` are there,
+# each a short loop over `minillm/engine.py`'s `LLMEngine.step`. The dashboard is
+# `minillm/viz/dashboard.py`, and the trace it records is `minillm/trace.py`. Three exercises
+# at the end.
 
 # %%
+from minillm.notebook import need, require
+
+require("matplotlib", "ipywidgets")  # figures and the dashboard; if missing, says what to install
 # %matplotlib inline
+import tempfile
+from pathlib import Path
+
+from IPython.display import display
+
 from minillm import LLM, SamplingParams, viz
+from minillm.trace import Trace
 
 # %% [markdown]
 # On the CPU the model runs in float32. The KV cache is kept small so that its picture at
@@ -158,6 +178,138 @@ for key, value in llm.stats().items():
 
 # %%
 viz.draw_block_pool(engine.scheduler.block_manager)
+
+# %% [markdown]
+# ## Watch it run: the dashboard
+#
+# `llm.generate(prompts, params, show=True)` shows a live dashboard under the cell while the
+# engine works. To keep what it recorded, build the dashboard yourself: `viz.Dashboard(llm)`
+# watches every step of `llm` until `detach()`. In JupyterLab the view below updates as the
+# steps run: at most 4 frames a second, and never more than 2% of the time
+# (`benchmarks/dashboard_overhead.py` measures what it costs: well under 1% here).
+#
+# Six questions at once, 24 tokens each: more KV blocks than the 64-block pool has left over
+# from the prefix cache, so the engine evicts cached blocks to make room.
+
+# %%
+questions6 = ["What is 2 + 2?", "Name a colour.", "Say hello in French.", "Name a planet.",
+              "What is the opposite of hot?", "Count to five."]
+chats = [llm.chat_template([{"role": "user", "content": q}]) for q in questions6]
+dashboard = viz.Dashboard(llm)
+display(dashboard)  # live in JupyterLab; the rendered docs show the figures below instead
+outs = llm.generate(chats, SamplingParams(temperature=0.0, max_tokens=24), use_tqdm=False)
+trace = dashboard.detach()
+print(trace)
+
+# %% [markdown]
+# The `trace` holds every step: the batch (prefill chunks and decodes), the queues, the block
+# tables and the state of every KV block, the counters and the timings. `draw_dashboard`
+# draws one step as a figure; this is the first step, where all six prompts are prefilled at
+# once. Their common beginning (SmolLM2's system message) comes from the prefix cache: the
+# first six blocks are held by all six block tables (striped in six colours), the black
+# corners mark cached blocks, and in the queues the hatched part of each prompt is what the
+# cache served.
+
+# %%
+viz.draw_dashboard(trace, step=0)
+
+# %% [markdown]
+# The same frame as text. The times and rates change from run to run, so they are left out
+# (`timings=False`); everything else depends only on the prompts and the model.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(viz.dashboard_text(trace, step=0, timings=False))
+
+# %% [markdown]
+# A trace saves to JSON and loads back, so a run can be replayed anywhere, without a model:
+# `viz.Dashboard.replay(trace)` puts a slider (and a play button) over its steps. The last
+# step, where the last requests finish:
+
+# %%
+path = Path(tempfile.mkdtemp()) / "quickstart_trace.json"
+trace.save(path)
+replay = viz.Dashboard.replay(Trace.load(path))
+display(replay)
+replay.figure()  # the step on the slider, as a figure
+
+# %% [markdown]
+# ## Exercises
+#
+# Predict each answer first; the solution cells check it against the real engine.
+#
+# ### 1 · How much of a repeated prompt is cached?
+#
+# Ask `llm.chat(question, greedy)` again, exactly the question of the first chat. The pool
+# has blocks of 4 tokens. How many of the prompt's tokens does the prefix cache serve
+# (`num_cached_tokens`)?
+#
+# <details><summary>Solution</summary>
+#
+# The cache works in whole blocks, and the last prompt token is always computed again (its
+# logits give the first new token). So it serves the full blocks before the last token:
+# `4 * ((n - 1) // 4)` of the `n` prompt tokens, here all but the last one to four.
+#
+# </details>
+
+# %%
+# NBVAL_CHECK_OUTPUT
+need(globals(), "llm", "question", "greedy")
+again = llm.chat(question, greedy)
+n = len(again.prompt_token_ids)
+print(f"{n} prompt tokens, {again.num_cached_tokens} from the prefix cache")
+assert again.num_cached_tokens == 4 * ((n - 1) // 4)
+assert again.text == answer.text  # greedy: the same answer, whatever the cache served
+
+# %% [markdown]
+# ### 2 · How many steps for the dashboard run?
+#
+# The six requests of the dashboard run were all admitted in the first step (the token
+# budget and the pool allowed it). Each stopped at its end token or at 24 tokens, whichever
+# came first: `[len(out.token_ids) for out in outs]`. From those lengths alone, how many
+# engine steps did the run take, and how many tokens were sampled in all?
+#
+# <details><summary>Solution</summary>
+#
+# The step that prefills a prompt also samples its first token, and every later step
+# decodes one token per running request. All six start together, so the run lasts as many
+# steps as the longest answer has tokens; a request that finishes early just leaves the
+# batch smaller. The tokens sampled are the sum of the lengths.
+#
+# </details>
+
+# %%
+# NBVAL_CHECK_OUTPUT
+need(globals(), "trace", "outs")
+lengths = [len(out.token_ids) for out in outs]
+print("lengths:", lengths, "|", len(trace), "steps,", sum(step.sampled for step in trace),
+      "tokens sampled")
+assert len(trace) == max(lengths)
+assert sum(step.sampled for step in trace) == sum(lengths)
+assert [len(step.running) + len(step.finished) for step in trace][0] == 6
+
+# %% [markdown]
+# ### 3 · Where did the evicted blocks go?
+#
+# The dashboard run evicted cached blocks. At the first step that evicted any, were the
+# evicted blocks free afterwards, or already holding something else?
+#
+# <details><summary>Solution</summary>
+#
+# The block manager evicts only when its free list runs dry and a sequence needs a block
+# now, and it hands the evicted block straight to that sequence. So each evicted block is in
+# use right after (state `used`), in the block table of a running request.
+#
+# </details>
+
+# %%
+# NBVAL_CHECK_OUTPUT
+need(globals(), "trace")
+first = next(step for step in trace if step.evicted)
+owners = {b: sid for sid, table in first.block_tables.items() for b in table}
+print(f"step {first.step} evicted blocks {first.evicted}:",
+      {b: f"{first.block_state(b)} by seq {owners.get(b)}" for b in first.evicted})
+assert all(first.block_state(b) == "used" and b in owners for b in first.evicted)
 
 # %% [markdown]
 # Next: [01 · Config](01_config.ipynb), the first stage of the engine, and every stage after

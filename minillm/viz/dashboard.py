@@ -129,7 +129,11 @@ def dashboard_text(trace: Trace, step: int | None = None, timings: bool = True,
                      "tokens/s overall")
     if pool and s.pool is not None:
         view = s.pool_view(cfg["num_blocks"], cfg["block_size"])
-        lines.append(block_pool_text(view, view.seqs, cols=16))
+        for cols in (16, 8, 4, 2, 1):  # as many columns as fit in 100 characters
+            grid = block_pool_text(view, view.seqs, cols=cols)
+            if max(map(len, grid.splitlines())) <= 100:
+                break
+        lines.append(grid)
     return "\n".join(lines)
 
 
@@ -151,7 +155,7 @@ def _pool_image(s: TraceStep, num_blocks: int, cols: int, px: int):
     inner = px - 1
     hatch = (np.add.outer(np.arange(inner), np.arange(inner)) % 4 == 0)
     evicted = set(s.evicted)
-    corner = max(1, px // 4)
+    corner = max(1, px // 5)
     for b in range(num_blocks):
         y, x = (b // cols) * px, (b % cols) * px
         img[y : y + px, x : x + px] = _rgb(GAP_COLOR)
@@ -162,7 +166,7 @@ def _pool_image(s: TraceStep, num_blocks: int, cols: int, px: int):
             cell[:] = _rgb(FREE_COLOR)
         elif state == "e":
             cell[:] = _rgb(EVICTABLE_COLOR)
-            cell[hatch] = _rgb("#9a9a9a")
+            cell[hatch] = _rgb("#b0b0b0")
         elif not ids:
             cell[:] = _rgb(UNOWNED_COLOR)
         else:  # one vertical stripe per owner
@@ -184,7 +188,7 @@ def _draw_pool(ax, s: TraceStep, cfg: dict) -> None:
     n = cfg["num_blocks"]
     cols = min(n, 8 * max(1, math.ceil(math.sqrt(4 * n) / 8)))
     rows = -(-n // cols)
-    px = 8 if n <= 4096 else 4
+    px = 12 if n <= 256 else 8 if n <= 4096 else 4
     if s.pool is None:
         ax.text(0.5, 0.5, "pool not recorded", ha="center", va="center", transform=ax.transAxes)
         ax.axis("off")
@@ -222,6 +226,12 @@ def _draw_queues(ax, s: TraceStep) -> None:
 
     rows = [(sid, True) for sid in s.running] + [(sid, False) for sid in s.waiting]
     shown, hidden = rows[:MAX_QUEUE_ROWS], len(rows) - MAX_QUEUE_ROWS
+    if not rows:
+        ax.text(0.5, 0.5, "no sequence running or waiting", ha="center", va="center",
+                fontsize=7, color="#777777", transform=ax.transAxes)
+        ax.axis("off")
+        ax.set_title("queues: empty", fontsize=8, loc="left")
+        return
     longest = max((s.seqs.get(sid, [0, 1, 0])[1] for sid, _ in shown), default=1)
     for r, (sid, running) in enumerate(shown):
         prompt, tokens, cached = s.seqs.get(sid, [0, 0, 0])
@@ -233,7 +243,7 @@ def _draw_queues(ax, s: TraceStep) -> None:
         if cached:
             ax.add_patch(Rectangle((0, r - 0.35), cached, 0.7, facecolor="none", hatch="////",
                                    edgecolor="#333333", lw=0))
-        tag = "" if running else f" wait #{r - len(s.running) + 1}"
+        tag = "" if running else f", waiting #{r - len(s.running) + 1}"
         if sid in s.prefill:
             tag += f"  +{s.prefill[sid]} prefill"
         ax.text(tokens + longest * 0.02, r, f"{tokens}{tag}", va="center", fontsize=6)
@@ -269,7 +279,9 @@ def _draw_batches(ax, trace: Trace, i: int, window: int) -> None:
         ax.axhline(budget, color="#555555", ls="--", lw=0.8, label=f"budget {budget}")
         top = budget
     ax.set_ylim(0, top * 1.15)
-    ax.set_xlim(xs[0] - 0.6, max(xs[-1], xs[0] + window - 1) + 0.6)
+    span = min(window, len(trace.steps))  # a whole short trace fills the axis
+    ax.set_xlim(xs[0] - 0.6, max(xs[-1], xs[0] + span - 1) + 0.6)
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.tick_params(labelsize=6.5)
     ax.spines[["top", "right"]].set_visible(False)
     ax.legend(fontsize=6.5, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
@@ -297,6 +309,7 @@ def _draw_rates(ax, trace: Trace, i: int, window: int) -> None:
     twin.tick_params(labelsize=6.5)
     ax.set_title(f"{rates[-1]:.0f} tokens/s, hit rate {hits[-1]:.0f}%", fontsize=8, loc="left")
     ax.set_xlim(xs[0] - 0.6, max(xs[-1], xs[0] + 1) + 0.6)
+    ax.xaxis.get_major_locator().set_params(integer=True)
 
 
 def draw_dashboard(trace: Trace, step: int | None = None, window: int = 60,
