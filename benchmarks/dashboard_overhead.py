@@ -99,7 +99,7 @@ def run_once(llm: LLM, mode: str, prompts, params) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=5, help="runs of each mode, interleaved")
+    ap.add_argument("--rounds", type=int, default=7, help="runs of each mode, interleaved")
     ap.add_argument("--num-prompts", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1,
