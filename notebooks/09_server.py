@@ -281,9 +281,9 @@ assert answer.json()["error"]["param"] == "temperature"
 # %% [markdown]
 # ### 2 · Who names the field?
 #
-# Three more refused requests: `"temperature": "0.5"` (a string), `"max_completion_tokens":
-# 0`, and `"model": "gpt-4"`. What status does each get, and what `param`? Which check refuses
-# each one?
+# Three more refused requests: `"temperature": "0.5"` (a string),
+# `"max_completion_tokens": 0`, and `"model": "gpt-4"`. What status does each get, and what
+# `param`? Which check refuses each one?
 #
 # <details><summary>Solution</summary>
 #
