@@ -21,6 +21,35 @@ import subprocess
 import sys
 import time
 
+# Architectures for `--random-weights`: the shapes of real checkpoints, without their weights
+# (no model hub here). Field names are transformers' Qwen3Config's.
+PRESETS = {
+    "qwen3-0.6b": dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072,
+                       num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
+                       head_dim=128, tie_word_embeddings=True),
+    "qwen3-8b": dict(vocab_size=151936, hidden_size=4096, intermediate_size=12288,
+                     num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
+                     head_dim=128, tie_word_embeddings=False),
+}
+PRESET_COMMON = dict(max_position_embeddings=40960, rope_theta=1000000.0, rms_norm_eps=1e-6,
+                     bos_token_id=151643, eos_token_id=151645)
+
+
+def write_preset(name: str, directory: str | None = None) -> str:
+    """A checkpoint directory holding only the `config.json` of preset `name`: the engine
+    builds the architecture from it and, with `load_format="dummy"`, fills random weights."""
+    import tempfile
+
+    from transformers import Qwen3Config
+
+    if name not in PRESETS:
+        raise ValueError(f"--random-weights={name!r} is invalid: choose one of {sorted(PRESETS)}")
+    directory = directory or tempfile.mkdtemp(prefix=f"minillm-{name}-")
+    config = Qwen3Config(**PRESETS[name], **PRESET_COMMON)
+    config.architectures = ["Qwen3ForCausalLM"]
+    config.save_pretrained(directory)
+    return directory
+
 
 def workload(num_requests: int, prompt_len: tuple[int, int], output_len: tuple[int, int],
              vocab_size: int, seed: int) -> tuple[list[list[int]], list[int]]:
@@ -38,6 +67,11 @@ def device_name(device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def short_device(name: str) -> str:
+    """'NVIDIA H200' -> 'h200', 'cpu (x86_64, 4 cores)' -> 'cpu': for file names."""
+    return "cpu" if name.startswith("cpu") else name.split()[-1].lower()
 
 
 def git_commit() -> str:
@@ -62,13 +96,20 @@ def run_minillm(llm, prompts, outputs):
     return [o.token_ids for o in outs], elapsed
 
 
-def run_transformers(model_dir: str, prompts, outputs, device, dtype, batch_size: int):
+def run_transformers(model_dir: str, prompts, outputs, device, dtype, batch_size: int,
+                     random_weights: bool = False):
     """transformers' `generate` with left-padded batches; each batch runs to its longest
-    requested output, and only the requested tokens count."""
+    requested output, and only the requested tokens count. `random_weights`: the
+    architecture of `model_dir`'s config.json with transformers' own random init."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+    if random_weights:
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir),
+                                                     dtype=dtype).eval()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
     tokens: list[list[int]] = []
     start = time.perf_counter()
     for i in range(0, len(prompts), batch_size):
@@ -94,10 +135,16 @@ def offline(args: argparse.Namespace) -> dict:
             raise ValueError(f"--{lo.replace('_', '-')}={getattr(args, lo)} is invalid: must be "
                              f"in [1, --{hi.replace('_', '-')}={getattr(args, hi)}]")
 
-    llm = LLM(args.model, device=args.device, dtype=args.dtype,
+    model, extra = args.model, {}
+    if args.random_weights:
+        if args.model is not None:
+            raise ValueError("--model and --random-weights are exclusive: give one")
+        model = write_preset(args.random_weights)
+        extra = dict(load_format="dummy", skip_tokenizer_init=True)
+    llm = LLM(model, device=args.device, dtype=args.dtype,
               tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len,
               max_num_seqs=args.max_num_seqs, enforce_eager=args.enforce_eager,
-              attention_backend=args.attention_backend)
+              attention_backend=args.attention_backend, **extra)
     mc = llm.config.model_config
     prompts, outputs = workload(args.num_requests, (args.min_prompt, args.max_prompt),
                                 (args.min_output, args.max_output), mc.vocab_size, args.seed)
@@ -107,7 +154,8 @@ def offline(args: argparse.Namespace) -> dict:
     result = {
         "engine": "minillm",
         "device": device_name(runner.device),
-        "model": os.path.basename(os.path.normpath(llm.config.model)),
+        "model": (f"{args.random_weights} (random weights)" if args.random_weights
+                  else os.path.basename(os.path.normpath(llm.config.model))),
         "dtype": runner.dtype_name,
         "command": "minillm " + " ".join(sys.argv[1:]),
         "commit": git_commit(),
@@ -119,6 +167,8 @@ def offline(args: argparse.Namespace) -> dict:
         "output_tokens_per_s": round(out_tokens / elapsed, 2),
         "total_tokens_per_s": round((in_tokens + out_tokens) / elapsed, 2),
         "tensor_parallel_size": args.tensor_parallel_size,
+        "cuda_graphs": runner.graphs is not None,
+        "attention_backend": runner.backend.name,
         "stats": llm.stats(),
     }
     if args.peer == "transformers":
@@ -128,16 +178,24 @@ def offline(args: argparse.Namespace) -> dict:
                  "float16": torch.float16}[runner.dtype_name]
         model_dir = llm.config.model
         llm.close()
-        peer_tokens, peer_s = run_transformers(model_dir, prompts, outputs, runner.device, dtype,
-                                               args.peer_batch_size)
+        # The peer may run the first --peer-num-requests only (transformers is slow): its
+        # throughput is then that of this subset, and says so.
+        n = min(args.peer_num_requests or len(prompts), len(prompts))
+        peer_tokens, peer_s = run_transformers(model_dir, prompts[:n], outputs[:n],
+                                               runner.device, dtype, args.peer_batch_size,
+                                               random_weights=bool(args.random_weights))
+        peer_out = sum(outputs[:n])
         result.update({
             "peer_engine": "transformers.generate (padded batches of "
                            f"{args.peer_batch_size})",
+            "peer_num_requests": n,
             "peer_elapsed_s": round(peer_s, 3),
-            "peer_output_tokens_per_s": round(out_tokens / peer_s, 2),
-            "speedup_vs_peer": round(peer_s / elapsed, 2),
-            "greedy_requests_equal_to_peer": sum(a == b for a, b in zip(tokens, peer_tokens)),
+            "peer_output_tokens_per_s": round(peer_out / peer_s, 2),
+            "speedup_vs_peer": round((out_tokens / elapsed) / (peer_out / peer_s), 2),
         })
+        if not args.random_weights:  # two random initialisations share no tokens
+            result["greedy_requests_equal_to_peer"] = sum(
+                a == b for a, b in zip(tokens, peer_tokens))
     return result
 
 
@@ -146,6 +204,8 @@ def add_parser(sub) -> None:
     kinds = bench.add_subparsers(dest="bench_kind", required=True)
     p = kinds.add_parser("offline", help="offline throughput on a synthetic workload")
     p.add_argument("--model", default=None, help="local directory or hub id (default: demo)")
+    p.add_argument("--random-weights", choices=sorted(PRESETS), default=None,
+                   help="benchmark this architecture with random weights instead of --model")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--tensor-parallel-size", type=int, default=1)
@@ -161,6 +221,8 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--peer", choices=("none", "transformers"), default="none")
     p.add_argument("--peer-batch-size", type=int, default=32)
+    p.add_argument("--peer-num-requests", type=int, default=None,
+                   help="run the peer on the first N requests only (default: all)")
     p.add_argument("--output", default=None, help="JSON path (default: benchmarks/results/...)")
     p.set_defaults(func=main)
 
@@ -178,7 +240,9 @@ def main(args: argparse.Namespace) -> int:
     print(json.dumps({k: v for k, v in result.items() if k != "stats"}, indent=2))
     path = args.output or os.path.join(
         "benchmarks", "results",
-        f"offline_{result['model']}_{result['device'].split()[0].lower()}_{result['commit']}.json")
+        f"offline_{(args.random_weights or result['model'])}_tp{args.tensor_parallel_size}"
+        f"{'_eager' if args.enforce_eager else ''}_{short_device(result['device'])}"
+        f"_{result['commit']}.json")
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as f:
         json.dump(result, f, indent=2)

@@ -20,6 +20,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 PREFIX_CACHES = ("radix", "hash")
 ATTENTION_BACKENDS = ("auto", "torch", "triton", "flash_attn", "flashinfer")
+LOAD_FORMATS = ("auto", "dummy")
 MAX_BLOCK_SIZE = 1024  # the largest page any backend we target uses is 256; leave headroom
 MAX_LOGPROBS = 20  # the OpenAI API's limit for top logprobs
 
@@ -156,6 +157,8 @@ class EngineConfig:
     enable_chunked_prefill: bool = True  # split prompts longer than the step's token budget
     gpu_memory_utilization: float = 0.9  # share of GPU memory the engine may fill
     cpu_kvcache_bytes: int = 1 << 30  # CPU KV-cache budget when num_kvcache_blocks is None
+    load_format: str = "auto"  # "auto": the checkpoint's safetensors | "dummy": random weights
+    skip_tokenizer_init: bool = False  # True: no tokenizer; prompts are token ids, no text out
     model_config: ModelConfig | None = None  # derived from config.json when not given
     eos_token_ids: tuple[int, ...] = field(default=())  # derived: the model's EOS ids
 
@@ -182,6 +185,8 @@ class EngineConfig:
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             _fail("gpu_memory_utilization", self.gpu_memory_utilization, "must be in (0, 1]")
         _check_int("cpu_kvcache_bytes", self.cpu_kvcache_bytes, 1)
+        _check_choice("load_format", self.load_format, LOAD_FORMATS)
+        _check_bool("skip_tokenizer_init", self.skip_tokenizer_init)
 
         if self.model_config is None and self.model is not None and os.path.isdir(self.model):
             self.model_config = ModelConfig.from_pretrained(self.model)

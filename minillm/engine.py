@@ -25,13 +25,16 @@ Prompt = str | list[int]
 StepObserver = Callable[["LLMEngine", Batch, list["RequestOutput"], float], None]
 
 
-def encode_prompt(tokenizer: Tokenizer, prompt: Prompt, vocab_size: int, max_model_len: int,
+def encode_prompt(tokenizer: Tokenizer | None, prompt: Prompt, vocab_size: int, max_model_len: int,
                   ) -> list[int]:
     """Token ids of a prompt, validated: non-empty, in the vocabulary, short enough.
 
     A function (not only the method) so that the server's tokenizer worker runs the same
     checks without an engine."""
     if isinstance(prompt, str):
+        if tokenizer is None:
+            raise ValueError("a text prompt is invalid with skip_tokenizer_init=True: pass "
+                             "token ids")
         if not prompt:
             raise ValueError("prompt='' is invalid: a prompt needs at least one token")
         ids = tokenizer.encode(prompt)
@@ -74,7 +77,7 @@ class RequestOutput:
 class _Request:
     seq: Sequence
     prompt: str | None
-    detokenizer: IncrementalDetokenizer
+    detokenizer: IncrementalDetokenizer | None  # None: skip_tokenizer_init, no text
     text: str = ""  # visible completion text (after stop-string cuts)
     num_emitted_chars: int = 0  # of `text`, already returned as deltas
     num_emitted_tokens: int = 0
@@ -86,9 +89,12 @@ class LLMEngine:
 
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
-        self.tokenizer = Tokenizer(config.model)
-        config.eos_token_ids = tuple(dict.fromkeys((*config.eos_token_ids,
-                                                    *self.tokenizer.eos_token_ids)))
+        # skip_tokenizer_init: token ids in and out only (benchmarks on random weights, or a
+        # caller that tokenizes itself); the EOS ids then come from config.json alone.
+        self.tokenizer = None if config.skip_tokenizer_init else Tokenizer(config.model)
+        if self.tokenizer is not None:
+            config.eos_token_ids = tuple(dict.fromkeys((*config.eos_token_ids,
+                                                        *self.tokenizer.eos_token_ids)))
         self.workers = None
         if config.tensor_parallel_size > 1:
             from minillm.worker import WorkerGroup
@@ -118,12 +124,15 @@ class LLMEngine:
         if not isinstance(params, SamplingParams):
             raise ValueError(f"params of type {type(params).__name__} is invalid: must be "
                              "SamplingParams")
+        if self.tokenizer is None and params.stop:
+            raise ValueError(f"stop={params.stop!r} is invalid with skip_tokenizer_init=True: "
+                             "stop strings need text (use stop_token_ids)")
         ids = prompt_token_ids if prompt_token_ids is not None else self.encode_prompt(prompt)
         seq = Sequence(ids, params)
         self.scheduler.add(seq)
+        detok = None if self.tokenizer is None else IncrementalDetokenizer(self.tokenizer, ids)
         self._requests[seq.seq_id] = _Request(
-            seq, prompt if isinstance(prompt, str) else None,
-            IncrementalDetokenizer(self.tokenizer, ids),
+            seq, prompt if isinstance(prompt, str) else None, detok,
             logprobs=[] if params.logprobs is not None else None)
         return seq.seq_id
 
@@ -178,11 +187,13 @@ class LLMEngine:
     def _update(self, req: _Request, token: int) -> RequestOutput:
         """Detokenize the new token, apply stop strings, and say what is new."""
         seq, stops = req.seq, req.seq.params.stop
-        before = len(req.detokenizer.text)
-        req.detokenizer.add(token)
-        if seq.is_finished:
-            req.detokenizer.flush()
-        text = req.detokenizer.text
+        text = ""
+        if req.detokenizer is not None:
+            before = len(req.detokenizer.text)
+            req.detokenizer.add(token)
+            if seq.is_finished:
+                req.detokenizer.flush()
+            text = req.detokenizer.text
         if stops:
             cut = find_stop(text, stops, before)
             if cut is not None:

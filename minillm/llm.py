@@ -137,7 +137,7 @@ class LLM:
         conversations = [messages] if single else list(messages)
         if not conversations:
             raise ValueError("messages=[] is invalid: give at least one message")
-        token_ids = [self.engine.tokenizer.apply_chat_template(c) for c in conversations]
+        token_ids = [self.chat_template(c) for c in conversations]
         for t in token_ids:
             self.engine.encode_prompt(t)  # length and vocabulary checks
         params = self._params_list(sampling_params, len(conversations))
@@ -146,6 +146,9 @@ class LLM:
 
     def chat_template(self, messages: list[Message]) -> list[int]:
         """The prompt token ids the chat template makes of `messages`."""
+        if self.engine.tokenizer is None:
+            raise ValueError("chat is invalid with skip_tokenizer_init=True: the chat template "
+                             "needs the tokenizer")
         return self.engine.tokenizer.apply_chat_template(messages)
 
     # ---- inspection and lifetime ----

@@ -75,3 +75,17 @@ def load_weights(model: nn.Module, model_dir: str) -> None:
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise ValueError(f"checkpoint {model_dir!r} is missing {len(missing)} tensors: {shown}")
+
+
+@torch.no_grad()
+def init_dummy_weights(model: nn.Module, seed: int = 0) -> None:
+    """Random weights in place of a checkpoint (`load_format="dummy"`), for benchmarks of a
+    model's architecture without its weights: matrices normal with std 0.02, biases zero, norm
+    scales left at one. Drawn on the parameters' own device, so a large model needs no host
+    copy. Tokens are meaningless; speed and memory are those of the real model."""
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    for name, param in model.named_parameters():
+        if param.dim() >= 2:
+            param.normal_(0.0, 0.02, generator=gen)
+        elif name.endswith("bias"):
+            param.zero_()

@@ -17,8 +17,9 @@ import torch
 
 from minillm.attention import AttentionMetadata, get_backend
 from minillm.config import DTYPE_BYTES, EngineConfig
+from minillm.cuda_graph import DecodeGraphs
 from minillm.distributed import local_rank, min_over_ranks
-from minillm.loader import load_weights
+from minillm.loader import init_dummy_weights, load_weights
 from minillm.models import build_model
 from minillm.sampling import Sampler, SamplerOutput, SamplingBatch
 from minillm.scheduler import Batch
@@ -72,11 +73,15 @@ class ModelRunner:
         torch.manual_seed(config.seed)
         with torch.device(self.device), default_dtype(self.dtype):
             self.model = build_model(config.model_config, config.max_model_len, self.backend)
-        load_weights(self.model, config.model)
+        if config.load_format == "dummy":
+            init_dummy_weights(self.model, config.seed)
+        else:
+            load_weights(self.model, config.model)
         self.model.eval()
         self.attention_layers = [m for m in self.model.modules() if hasattr(m, "k_cache")]
         config.num_kvcache_blocks = min_over_ranks(self._num_kv_blocks())  # same on all ranks
         self.kv_cache = self._allocate_kv_cache(config.num_kvcache_blocks)
+        self.graphs = self._capture_graphs()
         self.sampler = Sampler()
         self._step_seeds = itertools.count()
 
@@ -129,6 +134,18 @@ class ModelRunner:
             layer.k_cache, layer.v_cache = cache[0, i], cache[1, i]
         return cache
 
+    def _capture_graphs(self) -> DecodeGraphs | None:
+        """CUDA graphs of decode steps (on CUDA, with a backend whose launches are fixed by the
+        buffers' shapes), unless `enforce_eager`. Captured after the KV cache exists, since the
+        graphs read it. Every tensor-parallel rank captures the same buckets in the same order."""
+        cfg = self.config
+        if (cfg.enforce_eager or self.device.type != "cuda"
+                or not getattr(self.backend, "supports_cuda_graphs", False)):
+            return None
+        return DecodeGraphs(self.model, cfg.model_config.hidden_size, self.dtype, self.device,
+                            cfg.max_num_seqs, cfg.max_model_len, cfg.max_blocks_per_seq,
+                            self.block_size)
+
     def kv_cache_bytes(self) -> int:
         return self.kv_cache.numel() * DTYPE_BYTES[self.dtype_name]
 
@@ -172,10 +189,32 @@ class ModelRunner:
         return (torch.tensor(input_ids, dtype=torch.long, device=dev),
                 torch.tensor(positions, dtype=torch.long, device=dev), meta)
 
+    def prepare_decode(self, inputs: list[StepInput]) -> tuple[torch.Tensor, ...]:
+        """Host tensors of a decode step (one new token per sequence) for the CUDA graphs:
+        input ids, positions, slots, sequence lengths, block tables (padded with 0)."""
+        bs = self.block_size
+        positions = [inp.start_pos for inp in inputs]
+        slots = [inp.block_table[p // bs] * bs + p % bs for inp, p in zip(inputs, positions)]
+        width = max(len(inp.block_table) for inp in inputs)
+        tables = [inp.block_table + (0,) * (width - len(inp.block_table)) for inp in inputs]
+        return (torch.tensor([inp.token_ids[0] for inp in inputs]), torch.tensor(positions),
+                torch.tensor(slots), torch.tensor([p + 1 for p in positions], dtype=torch.int32),
+                torch.tensor(tables, dtype=torch.int32))
+
+    def uses_graph(self, inputs: list[StepInput]) -> bool:
+        """Whether this step replays a CUDA graph: a decode-only step that fits a bucket."""
+        return (self.graphs is not None and self.graphs.can_run(len(inputs))
+                and all(len(inp.token_ids) == 1 for inp in inputs))
+
     @torch.inference_mode()
     def forward(self, inputs: list[StepInput], sampled: list[bool]) -> torch.Tensor | None:
         """Run the model over one step; logits [num_sampled, vocab] of the sampled rows (on
         rank 0; None on other tensor-parallel ranks)."""
+        if self.uses_graph(inputs):
+            hidden = self.graphs.run(*self.prepare_decode(inputs))  # one row per sequence
+            if not all(sampled):
+                hidden = hidden[torch.tensor(sampled, device=self.device)]
+            return self.model.compute_logits(hidden)
         input_ids, positions, meta = self.prepare(inputs)
         hidden = self.model(input_ids, positions, meta)  # [num_tokens, hidden_size]
         last = meta.cu_seqlens_q[1:] - 1  # each sequence's last new token

@@ -8,8 +8,10 @@ It prints one line per check and writes gpu_check.json into DIR. Checks:
 2. the same in bfloat16: logits within bf16 tolerance, and greedy agreement reported;
 3. scheduling invariance on CUDA: preemption / chunked prefill / prefix caching give the same
    greedy tokens as a plain run;
-4. throughput of the Qwen3-0.6B architecture with random weights on a reduced nano-vllm
-   workload (the `torch` attention backend; later backends are measured against it).
+4. CUDA graphs against eager (`enforce_eager=True`): identical greedy tokens for batches on
+   and between the captured sizes, and a count of the replays that ran.
+
+Throughput is `minillm bench offline` (`--random-weights qwen3-0.6b`), not this script.
 """
 
 from __future__ import annotations
@@ -19,20 +21,13 @@ import json
 import os
 import sys
 import tempfile
-import time
 
 import torch
 
 sys.path.insert(0, os.getcwd())
 
 from minillm import LLM, SamplingParams  # noqa: E402
-from minillm.bench import workload  # noqa: E402
 from tests.tiny import make_checkpoint  # noqa: E402
-
-QWEN3_0_6B = dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072,
-                  num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
-                  head_dim=128, max_position_embeddings=40960, rope_theta=1000000.0,
-                  rms_norm_eps=1e-6, tie_word_embeddings=True)
 
 
 def check_against_transformers(path: str, dtype: str, results: dict) -> None:
@@ -93,42 +88,33 @@ def check_scheduling(path: str, results: dict) -> None:
     print("scheduling invariance on CUDA:", same)
 
 
-def throughput(results: dict, num_requests: int, max_len: int) -> None:
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    path = tempfile.mkdtemp(prefix="qwen3-0.6b-random-")
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = Qwen3ForCausalLM(Qwen3Config(**QWEN3_0_6B)).to(torch.bfloat16)
-    model.save_pretrained(path)
-    from tests.tiny import make_tokenizer
-
-    make_tokenizer().save_pretrained(path)
-    del model
-    llm = LLM(path, device="cuda", dtype="bfloat16", max_model_len=4096)
-    prompts, outputs = workload(num_requests, (100, max_len), (100, max_len), 151936, seed=0)
-    params = [SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True) for n in outputs]
-    llm.generate(prompts[:2], SamplingParams(max_tokens=4), use_tqdm=False)
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    llm.generate(prompts, params, use_tqdm=False)
-    torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
-    out = {"model": "Qwen3-0.6B architecture, random weights", "num_requests": num_requests,
-           "prompt_len": [100, max_len], "output_len": [100, max_len],
-           "output_tokens": sum(outputs), "elapsed_s": round(elapsed, 2),
-           "output_tokens_per_s": round(sum(outputs) / elapsed, 1),
-           "attention_backend": llm.engine.runner.backend.name,
-           "kv_blocks": llm.config.num_kvcache_blocks}
-    results["throughput"] = out
-    print("throughput:", out)
+def check_graphs(path: str, dtype: str, results: dict) -> None:
+    """CUDA graphs against eager on the same prompts: batch sizes that land on a bucket and
+    between buckets (padding), greedy tokens identical, and the graphs really replayed."""
+    gen = torch.Generator().manual_seed(2)
+    params = SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)
+    report = {}
+    for n in (1, 3, 8, 13):
+        prompts = [torch.randint(0, 384, (int(k),), generator=gen).tolist()
+                   for k in torch.randint(2, 90, (n,), generator=gen)]
+        tokens = {}
+        for eager in (True, False):
+            llm = LLM(path, device="cuda", dtype=dtype, max_model_len=256,
+                      num_kvcache_blocks=256, max_num_seqs=16, enforce_eager=eager)
+            tokens[eager] = [o.token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+            graphs = llm.engine.runner.graphs
+            if not eager:
+                replays = graphs.replays if graphs is not None else 0
+        same = sum(a == b for a, b in zip(tokens[True], tokens[False]))
+        report[f"batch_{n}"] = {"greedy_equal": f"{same}/{n}", "graph_replays": replays}
+    name = f"graphs_vs_eager-{os.path.basename(path)}-{dtype}"
+    results[name] = report
+    print(name, report, flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default=".")
-    parser.add_argument("--num-requests", type=int, default=64)
-    parser.add_argument("--max-len", type=int, default=512)
     args = parser.parse_args()
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     tmp = tempfile.mkdtemp()
@@ -136,8 +122,9 @@ def main() -> None:
         path = make_checkpoint(os.path.join(tmp, arch), arch)
         for dtype in ("float32", "bfloat16"):
             check_against_transformers(path, dtype, results)
+        for dtype in ("float32", "bfloat16"):
+            check_graphs(path, dtype, results)
     check_scheduling(os.path.join(tmp, "qwen3"), results)
-    throughput(results, args.num_requests, args.max_len)
     with open(os.path.join(args.out, "gpu_check.json"), "w") as f:
         json.dump(results, f, indent=2)
 

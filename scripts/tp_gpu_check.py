@@ -1,4 +1,5 @@
-"""Tensor parallelism on 2 GPUs (NCCL) against 1 GPU: same greedy tokens, clean shutdown.
+"""Tensor parallelism on 2 GPUs (NCCL) against 1 GPU: same greedy tokens, close logprobs,
+with CUDA graphs on and off, and clean shutdown.
 
 Run from the repo root on a machine with 2 GPUs:  python scripts/tp_gpu_check.py --out DIR
 NVLink multicast stays off (NCCL_NVLS_ENABLE=0 and friends), also in the spawned workers,
@@ -33,20 +34,27 @@ def main() -> None:
     tmp = tempfile.mkdtemp()
     gen = torch.Generator().manual_seed(0)
     prompts = [torch.randint(0, 384, (n,), generator=gen).tolist() for n in (3, 17, 40, 77)]
-    params = SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)
+    # logprobs of the first sampled token stand in for the logits (rank 0 alone samples)
+    params = SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True, logprobs=5)
     for arch, kv in (("qwen3", 2), ("qwen3", 1), ("llama", 2)):
         path = make_checkpoint(os.path.join(tmp, f"{arch}-kv{kv}"), arch, num_key_value_heads=kv)
         for dtype in ("float32", "bfloat16"):
-            tokens = {}
-            for tp in (1, 2):
-                with LLM(path, device="cuda", dtype=dtype, tensor_parallel_size=tp,
-                         max_model_len=256, num_kvcache_blocks=256) as llm:
-                    outs = llm.generate(prompts, params, use_tqdm=False)
-                    tokens[tp] = [o.token_ids for o in outs]
-            same = sum(a == b for a, b in zip(tokens[1], tokens[2]))
-            name = f"{arch}-kv{kv}-{dtype}"
-            results[name] = f"{same}/{len(prompts)} requests with equal greedy tokens (32 steps)"
-            print(name, results[name], flush=True)
+            for eager in (True, False):
+                tokens, first = {}, {}
+                for tp in (1, 2):
+                    with LLM(path, device="cuda", dtype=dtype, tensor_parallel_size=tp,
+                             max_model_len=256, num_kvcache_blocks=256,
+                             enforce_eager=eager) as llm:
+                        outs = llm.generate(prompts, params, use_tqdm=False)
+                        tokens[tp] = [o.token_ids for o in outs]
+                        first[tp] = [dict(o.logprobs[0]["top"]) for o in outs]
+                same = sum(a == b for a, b in zip(tokens[1], tokens[2]))
+                diff = max(abs(a[t] - b[t]) for a, b in zip(first[1], first[2])
+                           for t in a.keys() & b.keys())
+                name = f"{arch}-kv{kv}-{dtype}-{'eager' if eager else 'graphs'}"
+                results[name] = {"greedy_equal": f"{same}/{len(prompts)} requests (32 steps)",
+                                 "max_first_token_logprob_diff": diff}
+                print(name, results[name], flush=True)
     results["processes_left"] = len(mp.active_children())
     print("processes left after close():", results["processes_left"])
     with open(os.path.join(args.out, "tp_gpu_check.json"), "w") as f:

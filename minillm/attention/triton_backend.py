@@ -23,6 +23,9 @@ class TritonBackend:
     """Paged attention with Triton kernels; the same `forward` contract as `TorchBackend`."""
 
     name = "triton"
+    # Launch shapes depend only on tensor shapes and the metadata's host ints, which the CUDA
+    # graphs fix; the torch backend loops over `seq_lens_cpu` and cannot be captured.
+    supports_cuda_graphs = True
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
                 v_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
