@@ -4,9 +4,11 @@
 
 The workload is nano-vllm's: random token-id prompts and output lengths drawn uniformly from
 given ranges with a fixed seed, `ignore_eos`, greedy. minillm runs it through `LLM.generate`;
-`--peer transformers` runs the same prompts through transformers' `generate` in padded
-batches in the same process, so both numbers come from the same machine and run. The result
-is printed and written as JSON to `benchmarks/results/`.
+`--random-weights qwen3-0.6b` builds that architecture with random weights (no hub needed).
+`--peer transformers` runs the same prompts through transformers' continuous batching (what
+`generate_batch` drives, attention `paged|sdpa`) in the same process, so both numbers come from
+the same machine and run; `--peer transformers-padded` uses `generate` in padded batches. The
+result is printed and written as JSON to `benchmarks/results/`.
 """
 
 from __future__ import annotations
@@ -96,20 +98,54 @@ def run_minillm(llm, prompts, outputs):
     return [o.token_ids for o in outs], elapsed
 
 
+def _peer_model(model_dir: str, device, dtype, random_weights: bool, **kwargs):
+    """The peer's model: `model_dir`'s weights, or its architecture with transformers' own
+    random init (built on the device, so an 8B model needs no host copy)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if random_weights:
+        with torch.device(device):
+            return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir),
+                                                    dtype=dtype, **kwargs).eval()
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype,
+                                                **kwargs).to(device).eval()
+
+
+def run_transformers_cb(model_dir: str, prompts, outputs, device, dtype,
+                        random_weights: bool = False):
+    """transformers' continuous batching (the engine behind `generate_batch`, attention
+    `paged|sdpa`), each request with its own `max_new_tokens` and EOS disabled. Returns the
+    tokens, the seconds, and the output tokens it really produced."""
+    from transformers import GenerationConfig
+
+    model = _peer_model(model_dir, device, dtype, random_weights,
+                        attn_implementation="paged|sdpa")
+    config = GenerationConfig(do_sample=False, max_new_tokens=max(outputs), eos_token_id=None,
+                              pad_token_id=0)
+    manager = model.init_continuous_batching(generation_config=config)
+    manager.start()
+    start = time.perf_counter()
+    ids = [manager.add_request(p, max_new_tokens=n) for p, n in zip(prompts, outputs)]
+    results = {}
+    while len(results) < len(ids):
+        r = manager.get_result(timeout=1)
+        if r is not None and r.is_finished():
+            results[r.request_id] = r.generated_tokens
+    elapsed = time.perf_counter() - start
+    manager.stop(block=True)
+    tokens = [list(results[i]) for i in ids]
+    return tokens, elapsed, sum(len(t) for t in tokens)
+
+
 def run_transformers(model_dir: str, prompts, outputs, device, dtype, batch_size: int,
                      random_weights: bool = False):
     """transformers' `generate` with left-padded batches; each batch runs to its longest
     requested output, and only the requested tokens count. `random_weights`: the
     architecture of `model_dir`'s config.json with transformers' own random init."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
 
-    if random_weights:
-        with torch.device(device):
-            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir),
-                                                     dtype=dtype).eval()
-    else:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+    model = _peer_model(model_dir, device, dtype, random_weights)
     tokens: list[list[int]] = []
     start = time.perf_counter()
     for i in range(0, len(prompts), batch_size):
@@ -171,7 +207,7 @@ def offline(args: argparse.Namespace) -> dict:
         "attention_backend": runner.backend.name,
         "stats": llm.stats(),
     }
-    if args.peer == "transformers":
+    if args.peer != "none":
         import torch
 
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16,
@@ -181,13 +217,21 @@ def offline(args: argparse.Namespace) -> dict:
         # The peer may run the first --peer-num-requests only (transformers is slow): its
         # throughput is then that of this subset, and says so.
         n = min(args.peer_num_requests or len(prompts), len(prompts))
-        peer_tokens, peer_s = run_transformers(model_dir, prompts[:n], outputs[:n],
-                                               runner.device, dtype, args.peer_batch_size,
-                                               random_weights=bool(args.random_weights))
-        peer_out = sum(outputs[:n])
+        rw = bool(args.random_weights)
+        if args.peer == "transformers":
+            peer_tokens, peer_s, peer_out = run_transformers_cb(
+                model_dir, prompts[:n], outputs[:n], runner.device, dtype, random_weights=rw)
+            peer_name = "transformers continuous batching (generate_batch, paged|sdpa)"
+        else:
+            peer_tokens, peer_s = run_transformers(model_dir, prompts[:n], outputs[:n],
+                                                   runner.device, dtype, args.peer_batch_size,
+                                                   random_weights=rw)
+            peer_out = sum(outputs[:n])
+            peer_name = f"transformers.generate (padded batches of {args.peer_batch_size})"
+        import transformers
+
         result.update({
-            "peer_engine": "transformers.generate (padded batches of "
-                           f"{args.peer_batch_size})",
+            "peer_engine": f"{peer_name}, transformers {transformers.__version__}",
             "peer_num_requests": n,
             "peer_elapsed_s": round(peer_s, 3),
             "peer_output_tokens_per_s": round(peer_out / peer_s, 2),
@@ -219,7 +263,9 @@ def add_parser(sub) -> None:
     p.add_argument("--min-output", type=int, default=16)
     p.add_argument("--max-output", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--peer", choices=("none", "transformers"), default="none")
+    p.add_argument("--peer", choices=("none", "transformers", "transformers-padded"),
+                   default="none", help="transformers: its continuous batching "
+                   "(generate_batch); transformers-padded: generate() in padded batches")
     p.add_argument("--peer-batch-size", type=int, default=32)
     p.add_argument("--peer-num-requests", type=int, default=None,
                    help="run the peer on the first N requests only (default: all)")

@@ -9,11 +9,13 @@ which inherit this environment.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import multiprocessing as mp
 import os
 import sys
 import tempfile
+import time
 
 os.environ.update(NCCL_NVLS_ENABLE="0", TORCH_SYMM_MEM_DISABLE_MULTICAST="1",
                   NVSHMEM_DISABLE_NVLS="1")
@@ -29,7 +31,10 @@ from tests.tiny import make_checkpoint  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=".")
+    parser.add_argument("--hang-after", type=int, default=200,
+                        help="print every thread's stack if still running after this many s")
     args = parser.parse_args()
+    faulthandler.dump_traceback_later(args.hang_after, exit=False)
     results = {"devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}
     tmp = tempfile.mkdtemp()
     gen = torch.Generator().manual_seed(0)
@@ -42,9 +47,12 @@ def main() -> None:
             for eager in (True, False):
                 tokens, first = {}, {}
                 for tp in (1, 2):
+                    t0 = time.perf_counter()
                     with LLM(path, device="cuda", dtype=dtype, tensor_parallel_size=tp,
-                             max_model_len=256, num_kvcache_blocks=256,
+                             max_model_len=256, num_kvcache_blocks=256, max_num_seqs=16,
                              enforce_eager=eager) as llm:
+                        print(f"  tp={tp} eager={eager}: started in "
+                              f"{time.perf_counter() - t0:.1f} s", flush=True)
                         outs = llm.generate(prompts, params, use_tqdm=False)
                         tokens[tp] = [o.token_ids for o in outs]
                         first[tp] = [dict(o.logprobs[0]["top"]) for o in outs]

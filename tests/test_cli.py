@@ -80,12 +80,13 @@ def test_download_prints_the_demo_directory(capsys):
     assert capsys.readouterr().out.strip() == demo_model_dir()
 
 
-def test_bench_offline_writes_the_result_format(checkpoint, tmp_path, capsys):
+@pytest.mark.parametrize("peer", ["transformers", "transformers-padded"])
+def test_bench_offline_writes_the_result_format(checkpoint, tmp_path, capsys, peer):
     out = tmp_path / "r.json"
     assert main(["bench", "offline", "--model", checkpoint, "--device", "cpu",
                  "--num-requests", "4", "--min-prompt", "8", "--max-prompt", "40",
                  "--min-output", "4", "--max-output", "12",
-                 "--max-model-len", "128", "--peer", "transformers", "--output", str(out)]) == 0
+                 "--max-model-len", "128", "--peer", peer, "--output", str(out)]) == 0
     result = json.loads(out.read_text())
     for key in ("engine", "device", "model", "command", "commit", "num_requests",
                 "output_tokens", "elapsed_s", "output_tokens_per_s", "total_tokens_per_s",
