@@ -207,7 +207,9 @@ def offline(args: argparse.Namespace) -> dict:
         "attention_backend": runner.backend.name,
         "stats": llm.stats(),
     }
-    if args.peer != "none":
+    if args.peer == "none":
+        llm.close()
+    else:
         import torch
 
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16,

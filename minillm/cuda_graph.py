@@ -101,6 +101,15 @@ class DecodeGraphs:
             self.graphs[bs] = graph
         torch.cuda.synchronize(device)
 
+    def release(self) -> None:
+        """Free every graph and the shared pool (waits for the device first)."""
+        torch.cuda.synchronize()
+        for graph in self.graphs.values():
+            graph.reset()
+        self.graphs.clear()
+        self.pool = None
+        torch.cuda.empty_cache()
+
     def can_run(self, batch_size: int) -> bool:
         return batch_size <= self.sizes[-1]
 

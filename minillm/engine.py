@@ -219,6 +219,7 @@ class LLMEngine:
     def close(self) -> None:
         """End the tensor-parallel workers (if any); the engine cannot step afterwards."""
         if self.workers is not None:
+            self.runner.release_graphs()  # before NCCL goes: the graphs hold its collectives
             self.workers.close()
             self.workers = None
 

@@ -146,6 +146,13 @@ class ModelRunner:
                             cfg.max_num_seqs, cfg.max_model_len, cfg.max_blocks_per_seq,
                             self.block_size)
 
+    def release_graphs(self) -> None:
+        """Drop the captured graphs and their pool. Graphs that captured NCCL all-reduces
+        must be gone before the process group is destroyed (tensor parallelism's close)."""
+        if self.graphs is not None:
+            self.graphs.release()
+            self.graphs = None
+
     def kv_cache_bytes(self) -> int:
         return self.kv_cache.numel() * DTYPE_BYTES[self.dtype_name]
 

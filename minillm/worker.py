@@ -53,6 +53,7 @@ def run_worker(rank: int | None = None, world_size: int | None = None,
     distributed.init_process_group(rank, world_size, device_type, init_method)
     if device_type == "cpu":
         share_cpu_threads(world_size)
+    runner = None
     try:
         config: EngineConfig = distributed.broadcast_object()
         runner = ModelRunner(config)
@@ -62,6 +63,8 @@ def run_worker(rank: int | None = None, world_size: int | None = None,
                 break
             runner.forward(msg.inputs, msg.sampled)
     finally:
+        if runner is not None:
+            runner.release_graphs()  # graphs that captured NCCL calls go before the group
         distributed.destroy_process_group()
 
 
