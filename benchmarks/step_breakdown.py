@@ -48,9 +48,9 @@ def main() -> None:
     params = [SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True) for n in outputs]
     llm.generate(prompts[:2], SamplingParams(max_tokens=4, ignore_eos=True), use_tqdm=False)
     engine = llm.engine
-    totals = dict.fromkeys(("schedule", "runner (device-bound)", "postprocess", "outputs"), 0.0)
+    totals = dict.fromkeys(("schedule", "runner (inputs, forward, sampling, device)", "postprocess", "outputs"), 0.0)
     engine.scheduler.schedule = timed(totals, "schedule", engine.scheduler.schedule)
-    engine.runner.run = timed(totals, "runner (device-bound)", engine.runner.run, sync=True)
+    engine.runner.run = timed(totals, "runner (inputs, forward, sampling, device)", engine.runner.run, sync=True)
     engine.scheduler.postprocess = timed(totals, "postprocess", engine.scheduler.postprocess)
     engine._update = timed(totals, "outputs", engine._update)
     steps0 = engine.scheduler.num_steps

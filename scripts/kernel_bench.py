@@ -15,7 +15,8 @@ It prints one line per check and per timing and writes kernel_bench.json into DI
      stages to check the defaults; decode at small batch with and without split-KV;
    - prefill of 4 x 1024 fresh tokens and 4 x 512 tokens over a 512-token cached prefix
      (TFLOP/s counting the causal half only), against the `torch` backend, with a sweep;
-   - store_kv and the fused residual + RMSNorm against their PyTorch forms.
+   - store_kv and the fused kernels (residual + RMSNorm, QK-norm + rotary, SiLU-and-mul)
+     against their PyTorch forms.
 """
 
 from __future__ import annotations
@@ -43,13 +44,17 @@ from minillm.kernels import (  # noqa: E402
     decode_attention_reference,
     prefill_attention,
     prefill_attention_reference,
+    qk_norm_rope,
+    qk_norm_rope_reference,
     rms_norm,
     rms_norm_reference,
+    silu_and_mul,
+    silu_and_mul_reference,
     store_kv,
     store_kv_reference,
 )
 from minillm.kernels.decode_attention import choose_num_splits  # noqa: E402
-from minillm.layers.norm import RMSNorm  # noqa: E402
+from minillm.layers.rotary import RotaryEmbedding  # noqa: E402
 
 DEV = "cuda"
 HEADS, KV_HEADS, HEAD_DIM = 16, 8, 128  # Qwen3-0.6B's attention, one layer
@@ -174,7 +179,29 @@ def check_correctness(results: dict) -> bool:
         y, h = rms_norm(x, w, 1e-6, res)
         check(f"rms_norm+residual bf16 tokens={tokens}", max_err(y, y_ref), 2e-2,
               residual_exact=torch.equal(h, h_ref))
+        q, k, cos, sin, qw, kw, pos = qk_inputs(tokens)
+        for norm in (True, False):
+            weights = (qw, kw) if norm else (None, None)
+            q_ref, k_ref = qk_norm_rope_reference(q, k, pos, cos, sin, *weights, 1e-6)
+            q_out, k_out = qk_norm_rope(q, k, pos, cos, sin, *weights, 1e-6)
+            check(f"qk_norm_rope bf16 tokens={tokens} norm={norm}",
+                  max(max_err(q_out, q_ref), max_err(k_out, k_ref)), 2e-2)
+        x = torch.randn(tokens, 2 * 3072, device=DEV, dtype=torch.bfloat16)
+        check(f"silu_and_mul bf16 tokens={tokens}",
+              max_err(silu_and_mul(x), silu_and_mul_reference(x)), 2e-2)
     return ok_all
+
+
+def qk_inputs(tokens: int):
+    """Qwen3-0.6B's q and k for `tokens` tokens, as views into one packed qkv activation."""
+    qkv = torch.randn(tokens, (HEADS + 2 * KV_HEADS) * HEAD_DIM, device=DEV,
+                      dtype=torch.bfloat16)
+    q, k, _ = qkv.split([HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM], dim=-1)
+    rope = RotaryEmbedding(HEAD_DIM, 4096, 1e6).to(DEV)
+    qw, kw = torch.randn(2, HEAD_DIM, device=DEV, dtype=torch.bfloat16).unbind(0)
+    pos = torch.randint(0, 4096, (tokens,), device=DEV)
+    return (q.view(tokens, HEADS, HEAD_DIM), k.view(tokens, KV_HEADS, HEAD_DIM), rope.cos,
+            rope.sin, qw, kw, pos)
 
 
 # ---- 2. timings ----
@@ -284,11 +311,23 @@ def time_small_ops(results: dict) -> None:
         record(results, "store_kv", f"{tokens} tokens", triton_ms=t, torch_index_copy_ms=t_torch,
                speedup=t_torch / t)
 
+        # Each fused kernel against its PyTorch reference: the layers' arithmetic as eager
+        # PyTorch ops (what the layers ran on CUDA before they called the kernels).
         x, res = torch.randn(2, tokens, 1024, device=DEV, dtype=torch.bfloat16).unbind(0)
-        layer = RMSNorm(1024).to(DEV, torch.bfloat16)
-        t = ms(rms_norm, x, layer.weight, 1e-6, res)
-        t_torch = ms(layer, x, res)
+        w = torch.ones(1024, device=DEV, dtype=torch.bfloat16)
+        t = ms(rms_norm, x, w, 1e-6, res)
+        t_torch = ms(rms_norm_reference, x, w, 1e-6, res)
         record(results, "rms_norm+residual", f"{tokens} tokens x 1024", triton_ms=t,
+               torch_eager_ms=t_torch, speedup=t_torch / t)
+        q, k, cos, sin, qw, kw, pos = qk_inputs(tokens)
+        t = ms(qk_norm_rope, q, k, pos, cos, sin, qw, kw, 1e-6)
+        t_torch = ms(qk_norm_rope_reference, q, k, pos, cos, sin, qw, kw, 1e-6)
+        record(results, "qk_norm+rope", f"{tokens} tokens, 16+8 heads x 128", triton_ms=t,
+               torch_eager_ms=t_torch, speedup=t_torch / t)
+        x = torch.randn(tokens, 2 * 3072, device=DEV, dtype=torch.bfloat16)
+        t = ms(silu_and_mul, x)
+        t_torch = ms(silu_and_mul_reference, x)
+        record(results, "silu_and_mul", f"{tokens} tokens x 3072", triton_ms=t,
                torch_eager_ms=t_torch, speedup=t_torch / t)
 
 

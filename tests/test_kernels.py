@@ -28,13 +28,19 @@ from minillm.kernels import (  # noqa: E402
     decode_attention_reference,
     prefill_attention,
     prefill_attention_reference,
+    qk_norm_rope,
+    qk_norm_rope_reference,
     rms_norm,
     rms_norm_reference,
+    silu_and_mul,
+    silu_and_mul_reference,
     store_kv,
     store_kv_reference,
 )
 from minillm.kernels.decode_attention import choose_num_splits  # noqa: E402
+from minillm.layers.activation import SiluAndMul  # noqa: E402
 from minillm.layers.norm import RMSNorm  # noqa: E402
+from minillm.layers.rotary import RotaryEmbedding  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ON_GPU = DEVICE == "cuda"
@@ -241,3 +247,58 @@ def test_rms_norm_matches_reference_and_the_layer(dtype, hidden):
     torch.testing.assert_close(y, y_ref, atol=ulp * 4, rtol=ulp)
     torch.testing.assert_close(rms_norm(x, layer.weight, 1e-6), layer(x), atol=ulp * 4,
                                rtol=ulp)
+
+
+# ---- fused QK-norm + rotary, and SiLU-and-mul ----
+
+# The interpreter rounds fp32 -> bf16 toward zero and the fused kernels round once where
+# PyTorch rounds after each op: in bf16 a few units in the last place apart.
+FUSED_TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=3e-2, rtol=2e-2)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("norm", [True, False], ids=["qk_norm", "rope_only"])
+@pytest.mark.parametrize("num_heads, num_kv_heads, head_dim", [(4, 2, 16), (8, 1, 64),
+                                                               (3, 3, 24)])
+def test_qk_norm_rope_matches_the_layers(dtype, norm, num_heads, num_kv_heads, head_dim):
+    """q and k as the decoder makes them (views into one packed qkv row, so strided), against
+    the reference and against RMSNorm + RotaryEmbedding themselves."""
+    gen = torch.Generator().manual_seed(head_dim + num_heads)
+    tokens = 7
+    q_size, kv_size = num_heads * head_dim, num_kv_heads * head_dim
+    qkv = torch.randn(tokens, q_size + 2 * kv_size, generator=gen).to(dtype).to(DEVICE)
+    q, k, _ = qkv.split([q_size, kv_size, kv_size], dim=-1)
+    q = q.view(tokens, num_heads, head_dim)
+    k = k.view(tokens, num_kv_heads, head_dim)
+    positions = torch.tensor([0, 1, 5, 17, 100, 3, 255], device=DEVICE)
+    rope = RotaryEmbedding(head_dim, 256, 10000.0).to(DEVICE)
+    q_norm, k_norm = RMSNorm(head_dim).to(dtype).to(DEVICE), RMSNorm(head_dim).to(dtype).to(DEVICE)
+    q_norm.weight.data = torch.randn(head_dim, generator=gen).to(dtype).to(DEVICE)
+    k_norm.weight.data = torch.randn(head_dim, generator=gen).to(dtype).to(DEVICE)
+    qw, kw = (q_norm.weight, k_norm.weight) if norm else (None, None)
+    q_ref, k_ref = qk_norm_rope_reference(q, k, positions, rope.cos, rope.sin, qw, kw, 1e-6)
+    q_layer, k_layer = (q_norm(q), k_norm(k)) if norm else (q, k)
+    q_layer, k_layer = rope(positions, q_layer, k_layer)
+    assert torch.equal(q_ref, q_layer) and torch.equal(k_ref, k_layer)  # the same arithmetic
+    q_out, k_out = qk_norm_rope(q, k, positions, rope.cos, rope.sin, qw, kw, 1e-6)
+    assert q_out.is_contiguous() and k_out.is_contiguous()
+    torch.testing.assert_close(q_out, q_ref, **FUSED_TOL[dtype])
+    torch.testing.assert_close(k_out, k_ref, **FUSED_TOL[dtype])
+
+
+def test_qk_norm_rope_of_no_tokens():
+    q, k = torch.zeros(0, 2, 8, device=DEVICE), torch.zeros(0, 1, 8, device=DEVICE)
+    table = torch.zeros(4, 4, device=DEVICE)
+    q_out, k_out = qk_norm_rope(q, k, torch.zeros(0, dtype=torch.long, device=DEVICE),
+                                table, table)
+    assert q_out.shape == (0, 2, 8) and k_out.shape == (0, 1, 8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("size", [24, 1536, 3000])
+def test_silu_and_mul_matches_the_layer(dtype, size):
+    gen = torch.Generator().manual_seed(size)
+    x = (4 * torch.randn(5, 2 * size, generator=gen)).to(dtype).to(DEVICE)
+    ref = silu_and_mul_reference(x)
+    assert torch.equal(ref, SiluAndMul()(x))
+    torch.testing.assert_close(silu_and_mul(x), ref, **FUSED_TOL[dtype])

@@ -5,6 +5,11 @@
 - `prefill_attention`: varlen causal attention over paged KV with cached prefixes (prefill,
   chunked prefill, and mixed batches with decodes).
 - `rms_norm`: residual add + RMSNorm in one pass (what `layers.norm.RMSNorm` computes).
+- `qk_norm_rope`: Qwen3's per-head query/key RMSNorm and the rotary embedding in one kernel.
+- `silu_and_mul`: SwiGLU's `silu(gate) * up` in one kernel.
+
+The layers call the last three on CUDA (see `minillm.layers.fusion`); elsewhere they run the
+PyTorch references' arithmetic.
 
 Importing this package imports Triton (the `gpu` extra, Linux only); `import minillm` never does.
 Tests run the kernels on the CPU under `TRITON_INTERPRET=1` and natively on a GPU.
@@ -12,7 +17,9 @@ Tests run the kernels on the CPU under `TRITON_INTERPRET=1` and natively on a GP
 
 from minillm.kernels.decode_attention import decode_attention, decode_attention_reference
 from minillm.kernels.prefill_attention import prefill_attention, prefill_attention_reference
+from minillm.kernels.qk_norm_rope import qk_norm_rope, qk_norm_rope_reference
 from minillm.kernels.rms_norm import rms_norm, rms_norm_reference
+from minillm.kernels.silu_and_mul import silu_and_mul, silu_and_mul_reference
 from minillm.kernels.store_kv import store_kv, store_kv_reference
 
 __all__ = [
@@ -20,8 +27,12 @@ __all__ = [
     "decode_attention_reference",
     "prefill_attention",
     "prefill_attention_reference",
+    "qk_norm_rope",
+    "qk_norm_rope_reference",
     "rms_norm",
     "rms_norm_reference",
+    "silu_and_mul",
+    "silu_and_mul_reference",
     "store_kv",
     "store_kv_reference",
 ]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from minillm.layers.fusion import use_fused
+
 
 class RMSNorm(nn.Module):
     """`x / rms(x) * weight`, computed in float32 like transformers.
@@ -25,6 +27,11 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        if (use_fused(x) and x.dim() == 2 and x.stride(-1) == 1
+                and (residual is None or residual.stride(-1) == 1)):
+            from minillm.kernels.rms_norm import rms_norm
+
+            return rms_norm(x, self.weight, self.eps, residual)
         if residual is None:
             return self._norm(x)
         x = x + residual

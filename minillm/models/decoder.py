@@ -25,6 +25,7 @@ from minillm.layers import (
     SiluAndMul,
     VocabParallelEmbedding,
 )
+from minillm.layers.fusion import use_fused
 
 
 class DecoderAttention(nn.Module):
@@ -51,9 +52,17 @@ class DecoderAttention(nn.Module):
         q = q.view(-1, self.num_heads, self.head_dim)  # [num_tokens, num_heads, head_dim]
         k = k.view(-1, self.num_kv_heads, self.head_dim)  # [num_tokens, num_kv_heads, head_dim]
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        if self.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary_emb(positions, q, k)
+        if use_fused(q):  # QK-norm and rotary as one kernel (minillm.kernels.qk_norm_rope)
+            from minillm.kernels.qk_norm_rope import qk_norm_rope
+
+            rope = self.rotary_emb
+            qw, kw = (self.q_norm.weight, self.k_norm.weight) if self.qk_norm else (None, None)
+            eps = self.q_norm.eps if self.qk_norm else 0.0
+            q, k = qk_norm_rope(q, k, positions, rope.cos, rope.sin, qw, kw, eps)
+        else:
+            if self.qk_norm:
+                q, k = self.q_norm(q), self.k_norm(k)
+            q, k = self.rotary_emb(positions, q, k)
         out = self.attn(q, k, v, meta)  # [num_tokens, num_heads, head_dim]
         return self.o_proj(out.flatten(1))
 
