@@ -22,6 +22,8 @@ import torch
 from minillm import LLM, SamplingParams
 from minillm.bench import device_name, workload, write_preset
 
+RUNNER = "runner (inputs, forward, sampling, device)"
+
 
 def timed(totals: dict, name: str, fn, sync: bool = False):
     @functools.wraps(fn)
@@ -48,9 +50,9 @@ def main() -> None:
     params = [SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True) for n in outputs]
     llm.generate(prompts[:2], SamplingParams(max_tokens=4, ignore_eos=True), use_tqdm=False)
     engine = llm.engine
-    totals = dict.fromkeys(("schedule", "runner (inputs, forward, sampling, device)", "postprocess", "outputs"), 0.0)
+    totals = dict.fromkeys(("schedule", RUNNER, "postprocess", "outputs"), 0.0)
     engine.scheduler.schedule = timed(totals, "schedule", engine.scheduler.schedule)
-    engine.runner.run = timed(totals, "runner (inputs, forward, sampling, device)", engine.runner.run, sync=True)
+    engine.runner.run = timed(totals, RUNNER, engine.runner.run, sync=True)
     engine.scheduler.postprocess = timed(totals, "postprocess", engine.scheduler.postprocess)
     engine._update = timed(totals, "outputs", engine._update)
     steps0 = engine.scheduler.num_steps
