@@ -117,10 +117,14 @@ def run_transformers_cb(model_dir: str, prompts, outputs, device, dtype,
     """transformers' continuous batching (the engine behind `generate_batch`, attention
     `paged|sdpa`), each request with its own `max_new_tokens` and EOS disabled. Returns the
     tokens, the seconds, and the output tokens it really produced."""
+    import transformers
     from transformers import GenerationConfig
 
-    model = _peer_model(model_dir, device, dtype, random_weights,
-                        attn_implementation="paged|sdpa")
+    # Continuous batching needs paged attention: spelled "paged|sdpa" before transformers
+    # 5.22; later versions page on their own and warn about the prefix.
+    version = tuple(int(p) for p in transformers.__version__.split(".")[:2] if p.isdigit())
+    attn = "paged|sdpa" if version < (5, 22) else "sdpa"
+    model = _peer_model(model_dir, device, dtype, random_weights, attn_implementation=attn)
     config = GenerationConfig(do_sample=False, max_new_tokens=max(outputs), eos_token_id=None,
                               pad_token_id=0)
     manager = model.init_continuous_batching(generation_config=config)
