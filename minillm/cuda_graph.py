@@ -13,10 +13,10 @@ memory addresses. So:
 - **Static buffers.** Inputs (ids, positions, slot mapping, sequence lengths, block tables)
   live in tensors allocated once at the largest bucket; a step copies its values into the
   first `n` rows, and every graph reads slices of those same tensors.
-- **Padding.** Rows `n..bucket` are padding: slot `-1` (the KV store skips it), sequence
-  length 1 over whatever block id is in the table (a harmless read), token id and position 0.
-  Their outputs are computed and ignored; rows never mix in a decoder, so padding cannot change
-  a real row.
+- **Padding.** Rows `n..bucket` are padding: slot `-1` (the KV store skips it) and sequence
+  length 1 over whatever block id the table holds (a harmless read); their token ids and
+  positions are whatever an earlier step left there. Their outputs are computed and ignored;
+  rows never mix in a decoder, so padding cannot change a real row.
 - **Fixed shapes inside kernels.** Split-KV decode picks its number of splits from the longest
   sequence; inside a graph it must not change, so capture passes `max_seq_len=max_model_len`
   and the split count is that of the longest possible sequence (empty splits exit at once).
