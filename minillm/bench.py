@@ -112,19 +112,24 @@ def _peer_model(model_dir: str, device, dtype, random_weights: bool, **kwargs):
                                                 **kwargs).to(device).eval()
 
 
+def cb_attention() -> str:
+    """The attention transformers' continuous batching wants: spelled "paged|sdpa" before
+    transformers 5.22; later versions page on their own and warn about the prefix."""
+    import transformers
+
+    version = tuple(int(p) for p in transformers.__version__.split(".")[:2] if p.isdigit())
+    return "paged|sdpa" if version < (5, 22) else "sdpa"
+
+
 def run_transformers_cb(model_dir: str, prompts, outputs, device, dtype,
                         random_weights: bool = False):
     """transformers' continuous batching (the engine behind `generate_batch`, attention
     `paged|sdpa`), each request with its own `max_new_tokens` and EOS disabled. Returns the
     tokens, the seconds, and the output tokens it really produced."""
-    import transformers
     from transformers import GenerationConfig
 
-    # Continuous batching needs paged attention: spelled "paged|sdpa" before transformers
-    # 5.22; later versions page on their own and warn about the prefix.
-    version = tuple(int(p) for p in transformers.__version__.split(".")[:2] if p.isdigit())
-    attn = "paged|sdpa" if version < (5, 22) else "sdpa"
-    model = _peer_model(model_dir, device, dtype, random_weights, attn_implementation=attn)
+    model = _peer_model(model_dir, device, dtype, random_weights,
+                        attn_implementation=cb_attention())
     config = GenerationConfig(do_sample=False, max_new_tokens=max(outputs), eos_token_id=None,
                               pad_token_id=0)
     manager = model.init_continuous_batching(generation_config=config)
@@ -227,7 +232,7 @@ def offline(args: argparse.Namespace) -> dict:
         if args.peer == "transformers":
             peer_tokens, peer_s, peer_out = run_transformers_cb(
                 model_dir, prompts[:n], outputs[:n], runner.device, dtype, random_weights=rw)
-            peer_name = "transformers continuous batching (generate_batch, paged|sdpa)"
+            peer_name = f"transformers continuous batching (generate_batch, {cb_attention()})"
         else:
             peer_tokens, peer_s = run_transformers(model_dir, prompts[:n], outputs[:n],
                                                    runner.device, dtype, args.peer_batch_size,
