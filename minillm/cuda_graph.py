@@ -86,8 +86,15 @@ class DecodeGraphs:
             max_query_len=1, max_seq_len=self.max_model_len, block_size=self.block_size,
             seq_lens_cpu=[self.max_model_len] * bs, query_lens_cpu=[1] * bs)
 
-    @torch.inference_mode()
     def _capture_all(self, device: torch.device) -> None:
+        try:
+            self._capture_buckets(device)
+        except BaseException:  # e.g. out of memory: no half-captured graph may outlive this
+            self.release(sync=False)
+            raise
+
+    @torch.inference_mode()
+    def _capture_buckets(self, device: torch.device) -> None:
         for bs in reversed(self.sizes):  # largest first: the pool is sized by the first
             meta = self._metadata(bs)
             args = (self.input_ids[:bs], self.positions[:bs], meta)
@@ -101,14 +108,17 @@ class DecodeGraphs:
             self.graphs[bs] = graph
         torch.cuda.synchronize(device)
 
-    def release(self) -> None:
-        """Free every graph and the shared pool (waits for the device first)."""
-        torch.cuda.synchronize()
+    def release(self, sync: bool = True) -> None:
+        """Free every graph and the shared pool; with `sync`, after the device is idle (a graph
+        still running is otherwise freed by CUDA when it completes)."""
+        if sync:
+            torch.cuda.synchronize()
         for graph in self.graphs.values():
             graph.reset()
         self.graphs.clear()
         self.pool = None
-        torch.cuda.empty_cache()
+        if sync:
+            torch.cuda.empty_cache()
 
     def can_run(self, batch_size: int) -> bool:
         return batch_size <= self.sizes[-1]

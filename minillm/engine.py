@@ -106,6 +106,8 @@ class LLMEngine:
             if self.workers is not None:
                 self.workers.abort()  # no process group or worker outlives a failed start
             raise
+        if self.workers is not None:  # however the group ends (close, exit), graphs go first
+            self.workers.before_close = self.runner.release_graphs
         self.scheduler = Scheduler(config)
         self.vocab_size = config.model_config.vocab_size
         self._requests: dict[int, _Request] = {}
@@ -219,7 +221,6 @@ class LLMEngine:
     def close(self) -> None:
         """End the tensor-parallel workers (if any); the engine cannot step afterwards."""
         if self.workers is not None:
-            self.runner.release_graphs()  # before NCCL goes: the graphs hold its collectives
             self.workers.close()
             self.workers = None
 

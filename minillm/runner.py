@@ -146,11 +146,13 @@ class ModelRunner:
                             cfg.max_num_seqs, cfg.max_model_len, cfg.max_blocks_per_seq,
                             self.block_size)
 
-    def release_graphs(self) -> None:
+    def release_graphs(self, sync: bool = True) -> None:
         """Drop the captured graphs and their pool. Graphs that captured NCCL all-reduces
-        must be gone before the process group is destroyed (tensor parallelism's close)."""
+        must be gone before the process group is destroyed (pytorch/pytorch#115388), so
+        tensor parallelism's shutdown calls this first. `sync=False` on an unclean shutdown:
+        waiting for a step whose peer died could block forever."""
         if self.graphs is not None:
-            self.graphs.release()
+            self.graphs.release(sync)
             self.graphs = None
 
     def kv_cache_bytes(self) -> int:

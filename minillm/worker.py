@@ -19,6 +19,7 @@ import atexit
 import multiprocessing as mp
 import os
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -53,18 +54,19 @@ def run_worker(rank: int | None = None, world_size: int | None = None,
     distributed.init_process_group(rank, world_size, device_type, init_method)
     if device_type == "cpu":
         share_cpu_threads(world_size)
-    runner = None
+    runner, clean = None, False
     try:
         config: EngineConfig = distributed.broadcast_object()
         runner = ModelRunner(config)
         while True:
             msg = distributed.broadcast_object()
             if isinstance(msg, ExitMessage):
+                clean = True
                 break
             runner.forward(msg.inputs, msg.sampled)
     finally:
-        if runner is not None:
-            runner.release_graphs()  # graphs that captured NCCL calls go before the group
+        if runner is not None:  # graphs that captured NCCL calls go before the group
+            runner.release_graphs(sync=clean)
         distributed.destroy_process_group()
 
 
@@ -96,6 +98,9 @@ class WorkerGroup:
         self.processes: list[mp.Process] = []
         self._in_step = False
         self._closed = False
+        # Called first by close(), with whether the shutdown is clean: rank 0's engine sets it
+        # to free its CUDA graphs, which must be gone before the NCCL group is (also at exit).
+        self.before_close: Callable[[bool], None] | None = None
         self._old_threads = share_cpu_threads(self.world_size) if device_type == "cpu" else None
         if distributed.launched_by_torchrun():
             distributed.init_process_group(int(os.environ["RANK"]), self.world_size,
@@ -140,6 +145,8 @@ class WorkerGroup:
         if self._old_threads is not None:
             torch.set_num_threads(self._old_threads)
         clean = not self._in_step and all(p.is_alive() for p in self.processes)
+        if self.before_close is not None:
+            self.before_close(clean)
         if clean:
             try:
                 distributed.broadcast_object(ExitMessage())

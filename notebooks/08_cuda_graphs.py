@@ -44,7 +44,7 @@
 # recorded H200 throughput with and without graphs, beside transformers' continuous batching;
 # and where a step's time goes once graphs are on.
 #
-# **Open `minillm/cuda_graph.py` beside this notebook** (132 lines): `graph_batch_sizes` and
+# **Open `minillm/cuda_graph.py` beside this notebook** (about 140 lines): `graph_batch_sizes` and
 # `bucket_for` choose the graph, `DecodeGraphs` captures them and its `run` feeds one. In
 # `minillm/runner.py`, `ModelRunner._capture_graphs` decides whether there are graphs at all
 # (on CUDA, with a backend that declares `supports_cuda_graphs`, unless `enforce_eager=True`),
