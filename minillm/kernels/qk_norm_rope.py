@@ -123,5 +123,7 @@ def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos:
             Q_PAD=max(2, triton.next_power_of_2(num_heads)),
             KV_PAD=max(2, triton.next_power_of_2(num_kv_heads)),
             HALF_PAD=max(2, triton.next_power_of_2(half)), NORM=norm,
+            # many heads per token: more threads, so the fp32 tiles stay in registers
+            num_warps=8 if triton.next_power_of_2(num_heads) * half >= 4096 else 4,
         )
     return q_out, k_out
