@@ -20,7 +20,7 @@ def get_backend(name: str, device: str):
     imported here, on demand, so that `import minillm` never imports Triton.
     """
     if name == "auto":
-        name = "triton" if device == "cuda" and _triton_importable() else "torch"
+        name = "triton" if device == "cuda" and triton_importable() else "torch"
     if name == "torch":
         return TorchBackend()
     if name == "triton":
@@ -28,7 +28,7 @@ def get_backend(name: str, device: str):
             raise ValueError(
                 f"attention_backend='triton' is invalid on device {device!r}: its kernels run "
                 "on CUDA GPUs only (use 'torch' or 'auto')")
-        if not _triton_importable():
+        if not triton_importable():
             raise ValueError(
                 "attention_backend='triton' needs Triton, which is not installed: "
                 "pip install 'minillm[gpu]'")
@@ -40,7 +40,8 @@ def get_backend(name: str, device: str):
         f"are available in this version on device {device!r}")
 
 
-def _triton_importable() -> bool:
+def triton_importable() -> bool:
+    """Whether Triton (the `gpu` extra) imports here; the layers' fused kernels ask too."""
     try:
         import triton  # noqa: F401
     except ImportError:

@@ -24,26 +24,25 @@ import torch
 import triton
 import triton.language as tl
 
+from minillm.kernels.rms_norm import rms_norm_reference
+
 
 def qk_norm_rope_reference(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor,
                            cos: torch.Tensor, sin: torch.Tensor,
                            q_weight: torch.Tensor | None, k_weight: torch.Tensor | None,
                            eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """What `qk_norm_rope` computes, in PyTorch: `layers.norm.RMSNorm` per head, then
-    `layers.rotary.RotaryEmbedding`."""
-
-    def norm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        return w * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    """What `qk_norm_rope` computes, in PyTorch: `RMSNorm` per head (`rms_norm_reference`),
+    then `layers.rotary.RotaryEmbedding`'s neox rotation (written out here: kernels never
+    import layers, which import kernels)."""
+    if q_weight is not None:
+        q, k = rms_norm_reference(q, q_weight, eps), rms_norm_reference(k, k_weight, eps)
+    c = cos[positions].unsqueeze(1).to(q.dtype)  # [num_tokens, 1, head_dim // 2]
+    s = sin[positions].unsqueeze(1).to(q.dtype)
 
     def rotate(x: torch.Tensor) -> torch.Tensor:
-        c = cos[positions].unsqueeze(1).to(x.dtype)  # [num_tokens, 1, head_dim // 2]
-        s = sin[positions].unsqueeze(1).to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1)
 
-    if q_weight is not None:
-        q, k = norm(q, q_weight), norm(k, k_weight)
     return rotate(q), rotate(k)
 
 

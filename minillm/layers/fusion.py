@@ -16,17 +16,13 @@ import os
 
 import torch
 
+from minillm.attention import triton_importable
+
 
 @functools.cache
 def fused_kernels_enabled() -> bool:
     """Triton importable and not turned off by `MINILLM_FUSED_KERNELS=0` (read once)."""
-    if os.environ.get("MINILLM_FUSED_KERNELS", "1") == "0":
-        return False
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return os.environ.get("MINILLM_FUSED_KERNELS", "1") != "0" and triton_importable()
 
 
 def use_fused(x: torch.Tensor) -> bool:
