@@ -2,9 +2,10 @@
 
 Runs the offline benchmark's workload (nano-vllm's, `--random-weights` preset) and times four
 parts of every `LLMEngine.step`: `schedule`, the runner (inputs, forward, sampling, up to the
-device finishing: a synchronize is added at its end, which the engine's `tolist` would do
-anyway), `postprocess`, and the per-request outputs (`_update`). Whatever is not the runner is
-host time during which the GPU idles; overlap scheduling would hide it.
+device finishing: a synchronize is added at its end, which reading the tokens back would do
+anyway), `postprocess` (`advance` + `commit`), and the per-request outputs (`_update`). It runs
+the serial engine (`overlap_schedule=False`): whatever is not the runner is host time during
+which the GPU idles, the time overlap scheduling hides.
 
     python benchmarks/step_breakdown.py --random-weights qwen3-0.6b --out DIR
 """
@@ -45,7 +46,7 @@ def main() -> None:
     parser.add_argument("--out", default=".")
     args = parser.parse_args()
     llm = LLM(write_preset(args.random_weights), load_format="dummy", skip_tokenizer_init=True,
-              enforce_eager=args.enforce_eager)
+              enforce_eager=args.enforce_eager, overlap_schedule=False)
     prompts, outputs = workload(args.num_requests, (100, 1024), (100, 1024), 151936, seed=0)
     params = [SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True) for n in outputs]
     llm.generate(prompts[:2], SamplingParams(max_tokens=4, ignore_eos=True), use_tqdm=False)
@@ -53,7 +54,8 @@ def main() -> None:
     totals = dict.fromkeys(("schedule", RUNNER, "postprocess", "outputs"), 0.0)
     engine.scheduler.schedule = timed(totals, "schedule", engine.scheduler.schedule)
     engine.runner.run = timed(totals, RUNNER, engine.runner.run, sync=True)
-    engine.scheduler.postprocess = timed(totals, "postprocess", engine.scheduler.postprocess)
+    engine.scheduler.advance = timed(totals, "postprocess", engine.scheduler.advance)
+    engine.scheduler.commit = timed(totals, "postprocess", engine.scheduler.commit)
     engine._update = timed(totals, "outputs", engine._update)
     steps0 = engine.scheduler.num_steps
     t0 = time.perf_counter()

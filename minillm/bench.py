@@ -189,7 +189,8 @@ def offline(args: argparse.Namespace) -> dict:
     llm = LLM(model, device=args.device, dtype=args.dtype,
               tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len,
               max_num_seqs=args.max_num_seqs, enforce_eager=args.enforce_eager,
-              attention_backend=args.attention_backend, **extra)
+              attention_backend=args.attention_backend,
+              overlap_schedule=False if args.no_overlap else None, **extra)
     mc = llm.config.model_config
     prompts, outputs = workload(args.num_requests, (args.min_prompt, args.max_prompt),
                                 (args.min_output, args.max_output), mc.vocab_size, args.seed)
@@ -213,6 +214,7 @@ def offline(args: argparse.Namespace) -> dict:
         "total_tokens_per_s": round((in_tokens + out_tokens) / elapsed, 2),
         "tensor_parallel_size": args.tensor_parallel_size,
         "cuda_graphs": runner.graphs is not None,
+        "overlap_schedule": llm.engine.overlap,
         "attention_backend": runner.backend.name,
         "stats": llm.stats(),
     }
@@ -267,6 +269,8 @@ def add_parser(sub) -> None:
     p.add_argument("--max-model-len", type=int, default=4096)
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--enforce-eager", action="store_true")
+    p.add_argument("--no-overlap", action="store_true",
+                   help="read each step's tokens back before launching the next")
     p.add_argument("--attention-backend", default="auto")
     p.add_argument("--num-requests", type=int, default=32)
     p.add_argument("--min-prompt", type=int, default=16)
@@ -298,7 +302,8 @@ def main(args: argparse.Namespace) -> int:
     path = args.output or os.path.join(
         "benchmarks", "results",
         f"offline_{(args.random_weights or result['model'])}_tp{args.tensor_parallel_size}"
-        f"{'_eager' if args.enforce_eager else ''}_{short_device(result['device'])}"
+        f"{'_eager' if args.enforce_eager else ''}{'_serial' if args.no_overlap else ''}"
+        f"_{short_device(result['device'])}"
         f"_{result['commit']}.json")
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as f:

@@ -145,6 +145,8 @@ class EngineConfig:
     dtype: str = "auto"  # "float32" | "bfloat16" | "float16" | "auto" (bf16 GPU, fp32 CPU)
     tensor_parallel_size: int = 1  # ranks the model is split over
     enforce_eager: bool = False  # True: never capture CUDA graphs
+    # Launch step N+1 before step N's tokens are read back; None: on with one CUDA device
+    overlap_schedule: bool | None = None
     max_num_seqs: int = 256  # most sequences in one batch (and running at once)
     max_num_batched_tokens: int = 16384  # token budget of one step (prefill chunks + decodes)
     max_model_len: int = 4096  # prompt + completion, capped by max_position_embeddings
@@ -169,6 +171,11 @@ class EngineConfig:
         _check_choice("dtype", self.dtype, DTYPES)
         _check_int("tensor_parallel_size", self.tensor_parallel_size, 1)
         _check_bool("enforce_eager", self.enforce_eager)
+        if self.overlap_schedule is not None:
+            _check_bool("overlap_schedule", self.overlap_schedule)
+            if self.overlap_schedule and self.tensor_parallel_size > 1:
+                _fail("overlap_schedule", True, "needs tensor_parallel_size=1 (the other ranks "
+                      "would need each step's sampled tokens on their own devices)")
         _check_int("max_num_seqs", self.max_num_seqs, 1)
         _check_int("max_model_len", self.max_model_len, 1)
         _check_int("max_num_batched_tokens", self.max_num_batched_tokens, 1)

@@ -29,6 +29,8 @@ Logits and sampling stay outside the graph (they are per step and cheap).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from minillm.attention import AttentionMetadata
@@ -124,12 +126,16 @@ class DecodeGraphs:
         return batch_size <= self.sizes[-1]
 
     def run(self, input_ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
-            seq_lens: torch.Tensor, block_tables: torch.Tensor) -> torch.Tensor:
+            seq_lens: torch.Tensor, block_tables: torch.Tensor,
+            fill: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
         """Copy one decode step's inputs (host tensors, `n` rows; `block_tables` may be
-        narrower than the static table) into the buffers, pad, replay; hidden [n, hidden]."""
+        narrower than the static table) into the buffers, pad, replay; hidden [n, hidden].
+        `fill` rewrites the input ids in their buffer first (overlap's placeholders)."""
         n = input_ids.shape[0]
         bs = bucket_for(n, self.sizes)
         self.input_ids[:n].copy_(input_ids, non_blocking=True)
+        if fill is not None:
+            fill(self.input_ids[:n])
         self.positions[:n].copy_(positions, non_blocking=True)
         self.slot_mapping[:n].copy_(slots, non_blocking=True)
         self.seq_lens[:n].copy_(seq_lens, non_blocking=True)

@@ -12,10 +12,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
+
 from minillm.config import EngineConfig, SamplingParams
-from minillm.runner import ModelRunner, resolve_device
+from minillm.runner import HostTokens, ModelRunner, resolve_device
+from minillm.sampling import SamplerOutput
 from minillm.scheduler import Batch, Scheduler
-from minillm.sequence import Sequence, SequenceStatus
+from minillm.sequence import Sequence, StepInput
 from minillm.tokenizer import IncrementalDetokenizer, Tokenizer, find_stop, stop_holdback
 
 Prompt = str | list[int]
@@ -84,6 +87,26 @@ class _Request:
     logprobs: list[dict] | None = None
 
 
+@dataclass
+class _InFlight:
+    """A launched step whose tokens have not been committed yet."""
+
+    batch: Batch
+    sampled: SamplerOutput  # token ids still on the device
+    host_tokens: HostTokens
+    pending: list[tuple[Sequence, int] | None] = field(default_factory=list)  # Scheduler.advance
+
+
+def needs_token_history(batch: Batch) -> bool:
+    """Whether sampling this batch reads earlier tokens' values (repetition, presence or
+    frequency penalties): then the previous step must be committed before it launches."""
+    for seq in batch.seqs:
+        p = seq.params
+        if p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty:
+            return True
+    return False
+
+
 class LLMEngine:
     """One process's engine: `add_request`, then `step` until `has_unfinished()` is False."""
 
@@ -112,6 +135,13 @@ class LLMEngine:
         self.vocab_size = config.model_config.vocab_size
         self._requests: dict[int, _Request] = {}
         self.step_observers: list[StepObserver] = []
+        # Overlap scheduling (as mini-sglang): step N+1 is launched before step N's tokens are
+        # read back. On by default on one CUDA device (the CPU computes as it launches, so
+        # there is nothing to hide there); tensor-parallel workers would need step N's tokens
+        # on their own devices, so it stays off with more than one rank.
+        self.overlap = (config.overlap_schedule if config.overlap_schedule is not None
+                        else self.runner.device.type == "cuda" and self.workers is None)
+        self._in_flight: _InFlight | None = None
 
     # ---- requests ----
 
@@ -144,47 +174,79 @@ class LLMEngine:
             self._requests.pop(request_id, None)
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished()
+        return self.scheduler.has_unfinished() or self._in_flight is not None
 
     # ---- one step ----
 
     def step(self) -> list[RequestOutput]:
-        """Schedule, run and sample one step; outputs for the requests that got a token."""
-        if not self.scheduler.has_unfinished():
+        """Schedule, run and sample one step; outputs for the requests that got a token.
+
+        With overlap scheduling the outputs are those of the step launched by the previous
+        call: this call schedules and launches the next step first, then waits for the
+        previous one's tokens while the device computes.
+        """
+        if not self.has_unfinished():
             return []
         t0 = time.perf_counter() if self.step_observers else 0.0
-        batch = self.scheduler.schedule()
-        if batch.is_empty:
-            return []
-        inputs = batch.step_inputs()
+        prev, self._in_flight = self._in_flight, None
+        batch = self.scheduler.schedule() if self.scheduler.has_unfinished() else None
+        done: list[tuple[Batch, list[RequestOutput]]] = []
+        if batch is not None and not batch.is_empty:
+            # Inputs first: a sequence that `_finish(prev)` ends still has its blocks here,
+            # and its row's token is dropped by `advance`.
+            inputs = batch.step_inputs()
+            prev_tokens = prev.sampled.token_ids if prev is not None and prev.pending else None
+            if prev is not None and needs_token_history(batch):
+                done.append(self._finish(prev))  # penalties read the real tokens: no overlap
+                prev = None
+            launched = self._launch(batch, inputs, prev_tokens)
+            if prev is not None:
+                done.append(self._finish(prev))  # the device is busy with `batch` meanwhile
+            launched.pending = self.scheduler.advance(batch)
+            if self.overlap:
+                self._in_flight = launched
+            else:
+                done.append(self._finish(launched))
+        elif prev is not None:
+            done.append(self._finish(prev))
+        if self.step_observers:
+            seconds = time.perf_counter() - t0
+            for ran, outputs in done:
+                for observe in list(self.step_observers):
+                    observe(self, ran, outputs, seconds)
+        return [out for _, outputs in done for out in outputs]
+
+    def _launch(self, batch: Batch, inputs: list[StepInput],
+                prev_tokens: torch.Tensor | None) -> _InFlight:
+        """Start `batch` on the device (its placeholders read `prev_tokens` there) and the
+        copy of its tokens to the host; returns without waiting for either."""
         if self.workers is not None:
             self.workers.step(inputs, batch.sampled)
         try:
-            sampled = self.runner.run(batch, inputs)
+            sampled = self.runner.run(batch, inputs, prev_tokens)
         except RuntimeError:
             if self.workers is not None:
                 self.workers.check_alive()  # a dead worker explains the failure best
             raise
         if self.workers is not None:
             self.workers.step_done()
-        tokens = sampled.token_ids.tolist()
-        self.scheduler.postprocess(batch, tokens)
-        seqs = [s for s, ok in zip(batch.seqs, batch.sampled) if ok]
+        return _InFlight(batch, sampled, HostTokens(sampled.token_ids))
+
+    def _finish(self, step: _InFlight) -> tuple[Batch, list[RequestOutput]]:
+        """Wait for `step`'s tokens, commit them, detokenize; the step's outputs."""
+        tokens = step.host_tokens.get()
+        self.scheduler.commit(step.batch, step.pending, tokens)
         outputs = []
-        for row, seq in enumerate(seqs):
-            req = self._requests.get(seq.seq_id)
-            if req is None or seq.status is SequenceStatus.WAITING:
-                continue
+        for row, entry in enumerate(step.pending):
+            req = None if entry is None else self._requests.get(entry[0].seq_id)
+            if req is None:
+                continue  # aborted, or finished by a stop string while the step ran
             if req.logprobs is not None:
-                req.logprobs.append(sampled.row_logprobs(row))
+                req.logprobs.append(step.sampled.row_logprobs(row))
             outputs.append(self._update(req, tokens[row]))
             if req.seq.is_finished:
-                del self._requests[seq.seq_id]
-        if self.step_observers:
-            seconds = time.perf_counter() - t0
-            for observe in list(self.step_observers):
-                observe(self, batch, outputs, seconds)
-        return outputs
+                del self._requests[req.seq.seq_id]
+        return step.batch, outputs
 
     def _update(self, req: _Request, token: int) -> RequestOutput:
         """Detokenize the new token, apply stop strings, and say what is new."""

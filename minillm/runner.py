@@ -6,6 +6,11 @@ It owns the model, the KV cache tensor and the sampler. One step:
    positions, and build the `AttentionMetadata` (slot mapping, block tables, lengths);
 2. `forward(batch)`: run the model and compute logits for the sampled rows only;
 3. `sample(...)`: pick the next token of each sampled sequence.
+
+With overlap scheduling (`LLMEngine`), a step is launched before the previous step's tokens
+reach the host: its input ids then hold placeholders `-(row + 1)` that `fill_placeholders`
+swaps, on the device, for row `row` of the previous step's sampled tokens, and
+`tokens_to_host` starts the copy back without waiting for it.
 """
 
 from __future__ import annotations
@@ -24,6 +29,35 @@ from minillm.models import build_model
 from minillm.sampling import Sampler, SamplerOutput, SamplingBatch
 from minillm.scheduler import Batch
 from minillm.sequence import StepInput
+
+
+def fill_placeholders(input_ids: torch.Tensor, prev_tokens: torch.Tensor | None) -> None:
+    """In place: each id `-(row + 1)` becomes `prev_tokens[row]` (the previous step's sampled
+    token of that sequence, still on the device); other ids stay. No host sync."""
+    if prev_tokens is None:
+        return
+    rows = (-1 - input_ids).clamp_(min=0)
+    input_ids.copy_(torch.where(input_ids < 0, prev_tokens[rows], input_ids))
+
+
+class HostTokens:
+    """A step's sampled token ids on their way to the host: the copy is queued behind the
+    step, and `get()` waits for this step alone, not for steps launched after it."""
+
+    def __init__(self, token_ids: torch.Tensor) -> None:
+        self.event = None
+        if token_ids.is_cuda:
+            self.host = torch.empty(token_ids.shape, dtype=token_ids.dtype, pin_memory=True)
+            self.host.copy_(token_ids, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.host = token_ids
+
+    def get(self) -> list[int]:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host.tolist()
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -216,25 +250,37 @@ class ModelRunner:
                 and all(len(inp.token_ids) == 1 for inp in inputs))
 
     @torch.inference_mode()
-    def forward(self, inputs: list[StepInput], sampled: list[bool]) -> torch.Tensor | None:
+    def forward(self, inputs: list[StepInput], sampled: list[bool],
+                prev_tokens: torch.Tensor | None = None) -> torch.Tensor | None:
         """Run the model over one step; logits [num_sampled, vocab] of the sampled rows (on
-        rank 0; None on other tensor-parallel ranks)."""
+        rank 0; None on other tensor-parallel ranks). `prev_tokens`: the previous step's
+        sampled ids, on the device, for the placeholders in `inputs` (overlap scheduling)."""
         if self.uses_graph(inputs):
-            hidden = self.graphs.run(*self.prepare_decode(inputs))  # one row per sequence
+            fill = None if prev_tokens is None else (
+                lambda ids: fill_placeholders(ids, prev_tokens))
+            hidden = self.graphs.run(*self.prepare_decode(inputs), fill)  # a row per sequence
             if not all(sampled):
-                hidden = hidden[torch.tensor(sampled, device=self.device)]
+                hidden = hidden[self._sampled_rows(sampled)]
             return self.model.compute_logits(hidden)
         input_ids, positions, meta = self.prepare(inputs)
+        fill_placeholders(input_ids, prev_tokens)
         hidden = self.model(input_ids, positions, meta)  # [num_tokens, hidden_size]
         last = meta.cu_seqlens_q[1:] - 1  # each sequence's last new token
-        rows = last[torch.tensor(sampled, device=self.device)]
-        return self.model.compute_logits(hidden[rows])
+        return self.model.compute_logits(hidden[last[self._sampled_rows(sampled)]])
+
+    def _sampled_rows(self, sampled: list[bool]) -> torch.Tensor:
+        """Indices of the sampled rows, built on the host: a boolean mask would make the
+        device tell the host how many rows it selects (a sync that overlap cannot hide)."""
+        return torch.tensor([i for i, ok in enumerate(sampled) if ok], dtype=torch.long,
+                            device=self.device)
 
     @torch.inference_mode()
-    def run(self, batch: Batch, inputs: list[StepInput] | None = None) -> SamplerOutput:
-        """Forward and sample: one token per sequence with `batch.sampled` True."""
+    def run(self, batch: Batch, inputs: list[StepInput] | None = None,
+            prev_tokens: torch.Tensor | None = None) -> SamplerOutput:
+        """Forward and sample: one token per sequence with `batch.sampled` True. Nothing
+        here waits for the device: the tokens stay on it (see `HostTokens`)."""
         inputs = batch.step_inputs() if inputs is None else inputs
-        logits = self.forward(inputs, batch.sampled)
+        logits = self.forward(inputs, batch.sampled, prev_tokens)
         seqs = [s for s, ok in zip(batch.seqs, batch.sampled) if ok]
         sampling = SamplingBatch.from_sequences(
             seqs, vocab_size=logits.shape[-1], eos_token_ids=self.config.eos_token_ids,

@@ -165,6 +165,9 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
+            if self._at_length_limit(seq):
+                i += 1  # its last token is still in flight (overlap): commit() finishes it
+                continue
             n = min(seq.num_uncomputed_tokens, budget)
             while not bm.can_allocate(seq, n):
                 victim = self.running.pop()  # the newest running sequence
@@ -210,33 +213,65 @@ class Scheduler:
         """Apply one step's results; returns the sequences that finished.
 
         `sampled_token_ids` holds one token per sequence with `batch.sampled` True, in batch
-        order (a prefill chunk that does not end its prompt samples nothing).
+        order (a prefill chunk that does not end its prompt samples nothing). The same as
+        `commit(advance(batch), sampled_token_ids)`, the two halves that overlap scheduling
+        runs apart.
         """
         if len(sampled_token_ids) != batch.num_sampled:
             raise ValueError(f"sampled_token_ids has {len(sampled_token_ids)} tokens, the batch "
                              f"samples {batch.num_sampled}")
-        tokens = iter(sampled_token_ids)
-        finished: list[Sequence] = []
+        return self.commit(batch, self.advance(batch), sampled_token_ids)
+
+    def advance(self, batch: Batch) -> list[tuple[Sequence, int] | None]:
+        """The half of `postprocess` that needs no token values: mark the step's tokens
+        computed, offer full blocks to the prefix cache, and give each sampling sequence a
+        placeholder token, `-(row + 1)` for the step's sampled row `row`.
+
+        With overlap scheduling the next step is scheduled (and launched) over placeholders:
+        the runner swaps each for the real token on the device. Returns, per sampled row,
+        `(sequence, index of its placeholder)` for `commit`, or None for a sequence that left
+        (aborted or finished) while the step ran.
+        """
+        pending: list[tuple[Sequence, int] | None] = []
         for seq, n, sampled in zip(batch.seqs, batch.num_new_tokens, batch.sampled):
-            token = next(tokens) if sampled else None
             if seq.status is not SequenceStatus.RUNNING:
+                if sampled:
+                    pending.append(None)
                 continue  # aborted or preempted while the step ran
             if seq.in_prefill or n > 1:
                 self.num_prefill_tokens += n
             seq.num_computed_tokens += n
             self.block_manager.cache_computed_blocks(seq)
-            if token is None:
+            if sampled:
+                pending.append((seq, seq.num_tokens))
+                seq.token_ids.append(-len(pending))
+        return pending
+
+    def commit(self, batch: Batch, pending: list[tuple[Sequence, int] | None],
+               sampled_token_ids: Seq[int]) -> list[Sequence]:
+        """Write the sampled tokens over `advance`'s placeholders and finish sequences on EOS,
+        stop ids, `max_tokens` or `max_model_len`; returns those that finished.
+
+        A sequence preempted since `advance` still gets its token (it keeps its tokens for
+        the recompute); one that finished since (a stop string, an abort) gets none.
+        """
+        finished: list[Sequence] = []
+        for entry, token in zip(pending, sampled_token_ids, strict=True):
+            if entry is None or entry[0].is_finished:
                 continue
-            seq.append_token(int(token))
+            seq, index = entry
+            token = int(token)
+            seq.set_token(index, token)
             self.num_generated_tokens += 1
-            reason = self._stop_reason(seq, int(token))
+            reason = self._stop_reason(seq, token)
             if reason is not None:
                 self.finish(seq, reason)
                 finished.append(seq)
-        if self.trace is not None and self.trace and self.trace[-1].step == batch.step:
-            step = self.trace[-1]
-            step.finished = [s.seq_id for s in finished]
-            self._record_blocks(step)
+        if self.trace is not None:
+            for step in reversed(self.trace[-2:]):  # with overlap, the next step is traced too
+                if step.step == batch.step:
+                    step.finished = [s.seq_id for s in finished]
+                    self._record_blocks(step)
         return finished
 
     # ---- helpers ----
@@ -253,6 +288,11 @@ class Scheduler:
         if seq.num_tokens >= self.config.max_model_len:
             return "length"
         return None
+
+    def _at_length_limit(self, seq: Sequence) -> bool:
+        """Whether `seq` already holds its last token (`max_tokens` or `max_model_len`)."""
+        return (seq.num_completion_tokens >= seq.params.max_tokens
+                or seq.num_tokens >= self.config.max_model_len)
 
     def _preempt(self, seq: Sequence) -> None:
         self.block_manager.deallocate(seq)

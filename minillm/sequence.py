@@ -105,6 +105,12 @@ class Sequence:
         if self.first_token_time is None:
             self.first_token_time = time.monotonic()
 
+    def set_token(self, index: int, token_id: int) -> None:
+        """Write a sampled token over the placeholder `Scheduler.advance` left at `index`."""
+        self.token_ids[index] = token_id
+        if self.first_token_time is None:
+            self.first_token_time = time.monotonic()
+
     def reset_for_recompute(self) -> None:
         """Forget all KV state after preemption; prompt and completion are kept and recomputed."""
         self.block_table = []

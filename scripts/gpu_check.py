@@ -9,7 +9,11 @@ It prints one line per check and writes gpu_check.json into DIR. Checks:
 3. scheduling invariance on CUDA: preemption / chunked prefill / prefix caching give the same
    greedy tokens as a plain run;
 4. CUDA graphs against eager (`enforce_eager=True`): identical greedy tokens for batches on
-   and between the captured sizes, and a count of the replays that ran.
+   and between the captured sizes, and a count of the replays that ran;
+5. overlap scheduling on against off, with graphs and eager, in float32 and bfloat16: the
+   same tokens, texts and finish reasons for a batch that mixes every sampling feature
+   (seeded sampling, stop ids and strings that hit, penalties, logprobs), also under
+   preemption and chunked prefill.
 
 Throughput is `minillm bench offline` (`--random-weights qwen3-0.6b`), not this script.
 """
@@ -112,20 +116,61 @@ def check_graphs(path: str, dtype: str, results: dict) -> None:
     print(name, report, flush=True)
 
 
+def check_overlap(path: str, results: dict) -> None:
+    from tests.test_overlap import mixed_params
+
+    gen = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(0, 384, (n,), generator=gen).tolist()
+               for n in (3, 9, 30, 1, 17, 44, 60, 5)]
+    report = {}
+    for dtype in ("float32", "bfloat16"):
+        base = dict(device="cuda", dtype=dtype, kvcache_block_size=4, max_model_len=128,
+                    max_num_seqs=16)
+        greedy = SamplingParams(temperature=0.0, max_tokens=30, ignore_eos=True)
+        first = LLM(path, **base, num_kvcache_blocks=512, overlap_schedule=False).generate(
+            prompts, greedy, use_tqdm=False)
+        params = mixed_params([first[3].token_ids[3]], first[7].text[5:8])
+        for name, kw in {"graphs": dict(num_kvcache_blocks=512),
+                         "eager": dict(num_kvcache_blocks=512, enforce_eager=True),
+                         "preempt": dict(num_kvcache_blocks=40),
+                         "chunked": dict(num_kvcache_blocks=512,
+                                         max_num_batched_tokens=16)}.items():
+            outs = {}
+            for overlap in (False, True):
+                llm = LLM(path, **base, **kw, overlap_schedule=overlap)
+                outs[overlap] = [(o.token_ids, o.text, o.finish_reason)
+                                 for o in llm.generate(prompts, params, use_tqdm=False)]
+            same = sum(a == b for a, b in zip(outs[False], outs[True]))
+            report[f"{dtype}-{name}"] = f"{same}/{len(prompts)}"
+    results[f"overlap_vs_serial-{os.path.basename(path)}"] = report
+    print("overlap vs serial:", report, flush=True)
+
+
+CHECKS = ("transformers", "graphs", "scheduling", "overlap")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default=".")
+    parser.add_argument("--checks", nargs="+", choices=CHECKS, default=list(CHECKS))
+    parser.add_argument("--name", default="gpu_check", help="of the JSON file written")
     args = parser.parse_args()
-    results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+               "fused_kernels": os.environ.get("MINILLM_FUSED_KERNELS", "1") != "0"}
     tmp = tempfile.mkdtemp()
     for arch in ("qwen3", "llama"):
         path = make_checkpoint(os.path.join(tmp, arch), arch)
         for dtype in ("float32", "bfloat16"):
-            check_against_transformers(path, dtype, results)
+            if "transformers" in args.checks:
+                check_against_transformers(path, dtype, results)
         for dtype in ("float32", "bfloat16"):
-            check_graphs(path, dtype, results)
-    check_scheduling(os.path.join(tmp, "qwen3"), results)
-    with open(os.path.join(args.out, "gpu_check.json"), "w") as f:
+            if "graphs" in args.checks:
+                check_graphs(path, dtype, results)
+    if "scheduling" in args.checks:
+        check_scheduling(os.path.join(tmp, "qwen3"), results)
+    if "overlap" in args.checks:
+        check_overlap(os.path.join(tmp, "qwen3"), results)
+    with open(os.path.join(args.out, f"{args.name}.json"), "w") as f:
         json.dump(results, f, indent=2)
 
 
