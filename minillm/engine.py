@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 import torch
 
 from minillm.config import EngineConfig, SamplingParams
-from minillm.runner import HostTokens, ModelRunner, resolve_device
+from minillm.runner import ModelRunner, resolve_device
 from minillm.sampling import SamplerOutput
 from minillm.scheduler import Batch, Scheduler
 from minillm.sequence import Sequence, StepInput
 from minillm.tokenizer import IncrementalDetokenizer, Tokenizer, find_stop, stop_holdback
+from minillm.transfer import HostTokens
 
 Prompt = str | list[int]
 # Called after every step that ran: (engine, batch, outputs, the step's seconds). For

@@ -9,8 +9,8 @@ It owns the model, the KV cache tensor and the sampler. One step:
 
 With overlap scheduling (`LLMEngine`), a step is launched before the previous step's tokens
 reach the host: its input ids then hold placeholders `-(row + 1)` that `fill_placeholders`
-swaps, on the device, for row `row` of the previous step's sampled tokens, and
-`tokens_to_host` starts the copy back without waiting for it.
+swaps, on the device, for row `row` of the previous step's sampled tokens; every upload goes
+through `minillm.transfer`, so building a step never waits for the one running.
 """
 
 from __future__ import annotations
@@ -29,35 +29,7 @@ from minillm.models import build_model
 from minillm.sampling import Sampler, SamplerOutput, SamplingBatch
 from minillm.scheduler import Batch
 from minillm.sequence import StepInput
-
-
-def fill_placeholders(input_ids: torch.Tensor, prev_tokens: torch.Tensor | None) -> None:
-    """In place: each id `-(row + 1)` becomes `prev_tokens[row]` (the previous step's sampled
-    token of that sequence, still on the device); other ids stay. No host sync."""
-    if prev_tokens is None:
-        return
-    rows = (-1 - input_ids).clamp_(min=0)
-    input_ids.copy_(torch.where(input_ids < 0, prev_tokens[rows], input_ids))
-
-
-class HostTokens:
-    """A step's sampled token ids on their way to the host: the copy is queued behind the
-    step, and `get()` waits for this step alone, not for steps launched after it."""
-
-    def __init__(self, token_ids: torch.Tensor) -> None:
-        self.event = None
-        if token_ids.is_cuda:
-            self.host = torch.empty(token_ids.shape, dtype=token_ids.dtype, pin_memory=True)
-            self.host.copy_(token_ids, non_blocking=True)
-            self.event = torch.cuda.Event()
-            self.event.record()
-        else:
-            self.host = token_ids
-
-    def get(self) -> list[int]:
-        if self.event is not None:
-            self.event.synchronize()
-        return self.host.tolist()
+from minillm.transfer import host_tensor, to_device
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -90,6 +62,15 @@ def default_dtype(dtype: torch.dtype):
         yield
     finally:
         torch.set_default_dtype(old)
+
+
+def fill_placeholders(input_ids: torch.Tensor, prev_tokens: torch.Tensor | None) -> None:
+    """In place: each id `-(row + 1)` becomes `prev_tokens[row]` (the previous step's sampled
+    token of that sequence, still on the device); other ids stay. No host sync."""
+    if prev_tokens is None:
+        return
+    rows = (-1 - input_ids).clamp_(min=0)
+    input_ids.copy_(torch.where(input_ids < 0, prev_tokens[rows], input_ids))
 
 
 class ModelRunner:
@@ -153,7 +134,7 @@ class ModelRunner:
         lens = [min(cfg.max_model_len, total - i) for i in range(0, total, cfg.max_model_len)]
         ids = torch.zeros(total, dtype=torch.long, device=self.device)
         positions = torch.cat([torch.arange(n, device=self.device) for n in lens])
-        meta = self._metadata(lens, lens, torch.zeros(0, dtype=torch.long), [[0]] * len(lens))
+        meta = self._metadata(lens, lens, [], [[0]] * len(lens))
         self.model(ids, positions, meta)
         torch.cuda.synchronize(self.device)
 
@@ -194,17 +175,17 @@ class ModelRunner:
 
     # ---- one step ----
 
-    def _metadata(self, query_lens: list[int], seq_lens: list[int], slots: torch.Tensor,
+    def _metadata(self, query_lens: list[int], seq_lens: list[int], slots: list[int],
                   tables: list[list[int]]) -> AttentionMetadata:
         dev = self.device
         width = max(len(t) for t in tables)
         padded = [t + [0] * (width - len(t)) for t in tables]
         cu = [0, *itertools.accumulate(query_lens)]
         return AttentionMetadata(
-            slot_mapping=slots.to(dev),
-            cu_seqlens_q=torch.tensor(cu, dtype=torch.int32, device=dev),
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
-            block_tables=torch.tensor(padded, dtype=torch.int32, device=dev),
+            slot_mapping=to_device(slots, torch.long, dev),
+            cu_seqlens_q=to_device(cu, torch.int32, dev),
+            seq_lens=to_device(seq_lens, torch.int32, dev),
+            block_tables=to_device(padded, torch.int32, dev),
             max_query_len=max(query_lens), max_seq_len=max(seq_lens),
             block_size=self.block_size, seq_lens_cpu=seq_lens, query_lens_cpu=query_lens)
 
@@ -226,23 +207,23 @@ class ModelRunner:
                 slots.extend(range(base + lo, base + hi))
         query_lens = [len(inp.token_ids) for inp in inputs]
         seq_lens = [inp.start_pos + len(inp.token_ids) for inp in inputs]
-        meta = self._metadata(query_lens, seq_lens, torch.tensor(slots, dtype=torch.long),
+        meta = self._metadata(query_lens, seq_lens, slots,
                               [list(inp.block_table) for inp in inputs])
         dev = self.device
-        return (torch.tensor(input_ids, dtype=torch.long, device=dev),
-                torch.tensor(positions, dtype=torch.long, device=dev), meta)
+        return to_device(input_ids, torch.long, dev), to_device(positions, torch.long, dev), meta
 
     def prepare_decode(self, inputs: list[StepInput]) -> tuple[torch.Tensor, ...]:
         """Host tensors of a decode step (one new token per sequence) for the CUDA graphs:
         input ids, positions, slots, sequence lengths, block tables (padded with 0)."""
-        bs = self.block_size
+        bs, dev = self.block_size, self.device
         positions = [inp.start_pos for inp in inputs]
         slots = [inp.block_table[p // bs] * bs + p % bs for inp, p in zip(inputs, positions)]
         width = max(len(inp.block_table) for inp in inputs)
         tables = [inp.block_table + (0,) * (width - len(inp.block_table)) for inp in inputs]
-        return (torch.tensor([inp.token_ids[0] for inp in inputs]), torch.tensor(positions),
-                torch.tensor(slots), torch.tensor([p + 1 for p in positions], dtype=torch.int32),
-                torch.tensor(tables, dtype=torch.int32))
+        return (host_tensor([inp.token_ids[0] for inp in inputs], torch.long, dev),
+                host_tensor(positions, torch.long, dev), host_tensor(slots, torch.long, dev),
+                host_tensor([p + 1 for p in positions], torch.int32, dev),
+                host_tensor(tables, torch.int32, dev))
 
     def uses_graph(self, inputs: list[StepInput]) -> bool:
         """Whether this step replays a CUDA graph: a decode-only step that fits a bucket."""
@@ -271,8 +252,7 @@ class ModelRunner:
     def _sampled_rows(self, sampled: list[bool]) -> torch.Tensor:
         """Indices of the sampled rows, built on the host: a boolean mask would make the
         device tell the host how many rows it selects (a sync that overlap cannot hide)."""
-        return torch.tensor([i for i, ok in enumerate(sampled) if ok], dtype=torch.long,
-                            device=self.device)
+        return to_device([i for i, ok in enumerate(sampled) if ok], torch.long, self.device)
 
     @torch.inference_mode()
     def run(self, batch: Batch, inputs: list[StepInput] | None = None,

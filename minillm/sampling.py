@@ -36,6 +36,7 @@ from typing import NamedTuple
 import torch
 
 from minillm.sequence import Sequence
+from minillm.transfer import to_device
 
 _MASK64 = (1 << 64) - 1  # torch generators take seeds in [0, 2**64)
 _TINY = torch.finfo(torch.float32).tiny  # floor for the exponential noise: p / q is never 0 / 0
@@ -78,11 +79,11 @@ def _token_counts(token_lists: list[list[int]], vocab_size: int,
     total = sum(lengths)
     if total == 0:
         return counts
-    tokens = torch.tensor(list(itertools.chain.from_iterable(token_lists)), dtype=torch.long,
-                          device=device)  # [total]
+    tokens = to_device(list(itertools.chain.from_iterable(token_lists)), torch.long,
+                       device)  # [total]
     rows = torch.repeat_interleave(  # [total]; output_size given: no device-to-host sync
         torch.arange(len(token_lists), device=device),
-        torch.tensor(lengths, device=device), output_size=total)
+        to_device(lengths, torch.long, device), output_size=total)
     counts.view(-1).scatter_add_(0, rows * vocab_size + tokens, torch.ones(total, device=device))
     return counts
 
@@ -150,7 +151,7 @@ class SamplingBatch:
         greedy = [p.temperature == 0.0 for p in params]
         sampled = [p for p, g in zip(params, greedy, strict=True) if not g]
         # One upload for all per-row numbers: [7, B].
-        floats = torch.tensor(
+        floats = to_device(
             [[1.0 if g else p.temperature for p, g in zip(params, greedy, strict=True)],
              [p.top_p for p in params],
              [p.min_p for p in params],
@@ -158,10 +159,10 @@ class SamplingBatch:
              [p.presence_penalty for p in params],
              [p.frequency_penalty for p in params],
              [float(g) for g in greedy]],
-            dtype=torch.float32, device=device)
+            torch.float32, device)
         temperature, top_p, min_p, rep, presence, frequency, is_greedy = floats.unbind(0)
-        top_k = torch.tensor([vocab_size if p.top_k == -1 else p.top_k for p in params],
-                             dtype=torch.long, device=device)
+        top_k = to_device([vocab_size if p.top_k == -1 else p.top_k for p in params],
+                          torch.long, device)
 
         # Token counts only for the rows that use them; the other rows stay zero (no penalty).
         with_rep = [p.repetition_penalty != 1.0 for p in params]
@@ -183,7 +184,7 @@ class SamplingBatch:
                 banned.extend((row, t) for t in sorted(ids) if t < vocab_size)
         banned_rows = banned_ids = None
         if banned:
-            pairs = torch.tensor(banned, dtype=torch.long, device=device)  # [N, 2]
+            pairs = to_device(banned, torch.long, device)  # [N, 2]
             banned_rows, banned_ids = pairs.unbind(1)
 
         seeded = [(row, token_seed(s.params.seed, s.num_completion_tokens))

@@ -15,6 +15,7 @@ from minillm.config import EngineConfig, ModelConfig
 from minillm.runner import fill_placeholders
 from minillm.scheduler import Scheduler
 from minillm.sequence import Sequence, SequenceStatus
+from minillm.transfer import HostTokens, host_tensor, to_device
 from tests.tiny import make_checkpoint
 
 ENGINE = dict(device="cpu", dtype="float32", kvcache_block_size=4, max_model_len=128,
@@ -184,3 +185,11 @@ def test_fill_placeholders_reads_the_previous_rows():
     same = torch.tensor([1, 2])
     fill_placeholders(same, None)
     assert same.tolist() == [1, 2]
+
+
+def test_transfers_keep_values_and_types_on_the_cpu():
+    cpu = torch.device("cpu")
+    t = to_device([[1, 2], [3, 4]], torch.int32, cpu)
+    assert t.dtype == torch.int32 and t.tolist() == [[1, 2], [3, 4]]
+    assert not host_tensor([1.5], torch.float32, cpu).is_pinned()  # pinning needs a GPU
+    assert HostTokens(torch.tensor([7, 8])).get() == [7, 8]
