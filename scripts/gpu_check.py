@@ -146,7 +146,37 @@ def check_overlap(path: str, results: dict) -> None:
     print("overlap vs serial:", report, flush=True)
 
 
-CHECKS = ("transformers", "graphs", "scheduling", "overlap")
+def check_syncs(path: str, results: dict) -> None:
+    """Where the engine makes the host wait for the GPU during steps (torch's sync debug
+    mode): with overlap scheduling only the wait for the previous step's tokens should be
+    left, and that one is an event, which the debug mode does not flag."""
+    import collections
+    import warnings
+
+    gen = torch.Generator().manual_seed(4)
+    prompts = [torch.randint(0, 384, (n,), generator=gen).tolist() for n in (5, 40, 17, 90)]
+    report = {}
+    for eager in (False, True):
+        llm = LLM(path, device="cuda", dtype="bfloat16", max_model_len=256,
+                  num_kvcache_blocks=256, max_num_seqs=16, enforce_eager=eager)
+        params = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                llm.generate(prompts, params, use_tqdm=False)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        where = collections.Counter(f"{os.path.relpath(w.filename)}:{w.lineno}" for w in caught
+                                    if "synchroniz" in str(w.message))
+        report["eager" if eager else "graphs"] = {
+            "syncs": sum(where.values()), "steps": llm.engine.scheduler.num_steps,
+            "where": dict(where.most_common(8))}
+    results["host_syncs-overlap"] = report
+    print("host syncs during generate (overlap on):", report, flush=True)
+
+
+CHECKS = ("transformers", "graphs", "scheduling", "overlap", "syncs")
 
 
 def main() -> None:
@@ -170,6 +200,8 @@ def main() -> None:
         check_scheduling(os.path.join(tmp, "qwen3"), results)
     if "overlap" in args.checks:
         check_overlap(os.path.join(tmp, "qwen3"), results)
+    if "syncs" in args.checks:
+        check_syncs(os.path.join(tmp, "qwen3"), results)
     with open(os.path.join(args.out, f"{args.name}.json"), "w") as f:
         json.dump(results, f, indent=2)
 
