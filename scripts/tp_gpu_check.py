@@ -28,6 +28,16 @@ from minillm import LLM, SamplingParams  # noqa: E402
 from tests.tiny import make_checkpoint  # noqa: E402
 
 
+def gpu_processes() -> list[str]:
+    """Processes other than this one that hold memory on a GPU (nvidia-smi)."""
+    import subprocess
+
+    out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory",
+                          "--format=csv,noheader"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines()
+            if line.strip() and int(line.split(",")[0]) != os.getpid()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=".")
@@ -68,6 +78,19 @@ def main() -> None:
                 print(name, results[name], flush=True)
     results["processes_left"] = len(mp.active_children())
     print("processes left after close():", results["processes_left"])
+    # An exception inside the `with` block ends the workers too, and frees both GPUs.
+    path = os.path.join(tmp, "qwen3-kv2")
+    try:
+        with LLM(path, device="cuda", tensor_parallel_size=2, max_model_len=256,
+                 num_kvcache_blocks=256, max_num_seqs=16) as llm:
+            llm.generate(prompts[:1], SamplingParams(max_tokens=4), use_tqdm=False)
+            raise RuntimeError("an error in the user's code")
+    except RuntimeError:
+        pass
+    results["processes_left_after_exception"] = len(mp.active_children())
+    results["gpu_processes_after_exception"] = gpu_processes()
+    print("after an exception: processes left", results["processes_left_after_exception"],
+          "| GPU processes other than this one:", results["gpu_processes_after_exception"])
     with open(os.path.join(args.out, "tp_gpu_check.json"), "w") as f:
         json.dump(results, f, indent=2)
 
