@@ -183,7 +183,16 @@ def _label(r: Result) -> str:
     held = r.get("throughput") if isinstance(r.get("throughput"), dict) else r.data or {}
     model = str(r.get("model") or held.get("model", "")).split(" architecture")[0]
     backend = held.get("attention_backend")
-    run = f"commit {_commit(r)}" + (f", {backend}" if backend else "")
+    how = [backend] if backend else []
+    if held.get("tensor_parallel_size", 1) > 1:
+        how.append(f"TP={held['tensor_parallel_size']}")
+    if held.get("cuda_graphs") is False and r.device.startswith("NVIDIA"):
+        how.append("eager")
+    if "MINILLM_FUSED_KERNELS=0" in str(r.get("command", "")):
+        how.append("unfused")
+    if "overlap_schedule" in held:
+        how.append("overlap" if held["overlap_schedule"] else "serial")
+    run = ", ".join([f"commit {_commit(r)}", *how])
     return "\n".join(x for x in (model, r.device, run) if x)
 
 
