@@ -70,3 +70,57 @@ def test_get_backend_picks_triton_on_cuda_and_torch_on_cpu():
         get_backend("flashinfer", "cpu")
     assert get_backend("auto", "cuda").name == "triton"  # Triton imports (checked above)
     assert get_backend("triton", "cuda").name == "triton"
+
+
+def test_flash_attn_is_refused_clearly_where_it_cannot_run():
+    with pytest.raises(ValueError, match=r"'flash_attn'.*'cpu'"):
+        get_backend("flash_attn", "cpu")
+    from minillm.attention.flash_attn_backend import flash_attn_importable
+
+    if not flash_attn_importable():
+        with pytest.raises(ValueError, match="flash-attn-4"):
+            get_backend("flash_attn", "cuda")
+
+
+def flash_varlen_semantics(q, k, v, *, cu_seqlens_q, seqused_k, max_seqlen_q, max_seqlen_k,
+                           page_table, softmax_scale, causal):
+    """What flash-attn-4's `flash_attn_varlen_func` documents for a paged cache, in PyTorch:
+    pages `(num_pages, page_size, h_k, d)`, a page table per sequence, `seqused_k` keys, and
+    causal masking aligned bottom-right (query row j of n sees keys < seqused_k - n + j + 1)."""
+    assert causal and max_seqlen_q >= 1 and max_seqlen_k >= int(seqused_k.max())
+    outs = []
+    for i in range(len(seqused_k)):
+        lo, hi, used = int(cu_seqlens_q[i]), int(cu_seqlens_q[i + 1]), int(seqused_k[i])
+        keys = k[page_table[i].long()].flatten(0, 1)[:used]  # [used, h_k, d]
+        vals = v[page_table[i].long()].flatten(0, 1)[:used]
+        n, group = hi - lo, q.shape[1] // k.shape[2]
+        rows = torch.arange(n)[:, None] + used - n
+        mask = torch.arange(used)[None, :] <= rows  # [n, used]
+        outs.append(torch.nn.functional.scaled_dot_product_attention(
+            q[lo:hi].transpose(0, 1), keys.repeat_interleave(group, 1).transpose(0, 1),
+            vals.repeat_interleave(group, 1).transpose(0, 1), attn_mask=mask,
+            scale=softmax_scale).transpose(0, 1))
+    return torch.cat(outs), None
+
+
+@pytest.mark.parametrize("prefix_lens, query_lens", [
+    ([0, 13, 40], [9, 1, 20]),  # fresh prompt, a decode, a chunk over a prefix mid-block
+    ([5, 31], [1, 1]),  # decode only
+])
+def test_flash_attn_backend_passes_the_paged_cache_as_flash_attn_reads_it(prefix_lens,
+                                                                           query_lens):
+    """The backend's mapping (block tables as the page table, sequence lengths as
+    `seqused_k`, causal) checked with flash-attn's documented semantics in its place."""
+    from minillm.attention.flash_attn_backend import FlashAttnBackend
+
+    backend = FlashAttnBackend.__new__(FlashAttnBackend)  # no flash-attn here: its semantics
+    backend._attend = flash_varlen_semantics
+    q, k, v, k_cache, v_cache, meta = paged_batch(
+        prefix_lens, query_lens, block_size=16, num_heads=4, num_kv_heads=2, head_dim=64,
+        dtype=torch.float32, seed=3, fill=0.0)
+    ref_k, ref_v = k_cache.clone(), v_cache.clone()
+    expected = TorchBackend().forward(q, k, v, ref_k, ref_v, meta, 0.125)
+    out = backend.forward(q, k, v, k_cache, v_cache, meta, 0.125)
+    tol = TOLERANCE[torch.float32]
+    torch.testing.assert_close(out, expected, atol=tol, rtol=tol)
+    assert torch.equal(k_cache, ref_k) and torch.equal(v_cache, ref_v)

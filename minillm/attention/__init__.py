@@ -35,9 +35,25 @@ def get_backend(name: str, device: str):
         from minillm.attention.triton_backend import TritonBackend
 
         return TritonBackend()
+    if name == "flash_attn":
+        if device != "cuda":
+            raise ValueError(
+                f"attention_backend='flash_attn' is invalid on device {device!r}: flash-attn "
+                "runs on CUDA GPUs only (use 'torch' or 'auto')")
+        if not triton_importable():  # its KV store is minillm's Triton kernel
+            raise ValueError("attention_backend='flash_attn' needs Triton, which is not "
+                             "installed: pip install 'minillm[gpu]'")
+        from minillm.attention.flash_attn_backend import FlashAttnBackend, flash_attn_importable
+
+        if not flash_attn_importable():
+            raise ValueError(
+                "attention_backend='flash_attn' needs flash-attn-4 (flash_attn.cute), which "
+                "does not import here: pip install 'minillm[flash]'")
+        return FlashAttnBackend()
     raise ValueError(
-        f"attention_backend={name!r} is invalid here: only 'torch', 'triton' (CUDA) or 'auto' "
-        f"are available in this version on device {device!r}")
+        f"attention_backend={name!r} is invalid here: only 'torch', 'triton' (CUDA), "
+        f"'flash_attn' (CUDA, with flash-attn-4) or 'auto' are available in this version on "
+        f"device {device!r}")
 
 
 def triton_importable() -> bool:
