@@ -121,6 +121,7 @@ class SamplingBatch:
     any_greedy: bool
     do_top_k: bool
     do_top_p: bool
+    max_top_k: int  # the largest top_k of the sampled rows (vocab_size where one has none)
     do_min_p: bool
 
     def __len__(self) -> int:
@@ -211,6 +212,8 @@ class SamplingBatch:
             all_greedy=all(greedy),
             any_greedy=any(greedy),
             do_top_k=any(p.top_k != -1 and p.top_k < vocab_size for p in sampled),
+            max_top_k=max((vocab_size if p.top_k == -1 else min(p.top_k, vocab_size)
+                           for p in sampled), default=vocab_size),
             do_top_p=any(p.top_p < 1.0 for p in sampled),
             do_min_p=any(p.min_p > 0.0 for p in sampled),
         )
@@ -239,27 +242,40 @@ def apply_penalties(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     return logits
 
 
+# With every row's top_k at most this, `apply_top_k_top_p` ranks only the top `max_top_k`
+# tokens (`torch.topk`) instead of sorting the whole vocabulary: the result is the same, since
+# top-p is applied after top-k, over the kept tokens only.
+PARTIAL_SORT_MAX_K = 1024
+
+
 def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None,
-                      top_p: torch.Tensor | None) -> torch.Tensor:
+                      top_p: torch.Tensor | None, max_top_k: int | None = None) -> torch.Tensor:
     """Keep each row's `top_k` most likely tokens, then the smallest set of those whose
-    probability (renormalised after top-k) reaches `top_p`. One sort serves both.
+    probability (renormalised after top-k) reaches `top_p`. One ranking serves both.
 
     A token survives top-p when the probability of the tokens ranked above it is still below
     top_p, so the most likely token always survives. Rows with top_p == 1 are left alone: the
     float32 cumulative sum can pass 1.0 before the last tokens and would cut them.
-    Ties sort stably (lowest id first), so top_k=1 keeps the token argmax picks.
+    `max_top_k` (a host int, the largest top_k of the batch) lets the ranking stop there, a
+    partial sort far cheaper than sorting a 150k vocabulary; without it the whole row is sorted,
+    stably (lowest id first among ties, so top_k=1 keeps the token argmax picks). With it, which
+    of several tokens tied at the k-th place survive is `torch.topk`'s choice.
     """
-    vocab_size = logits.shape[-1]
-    sorted_logits, order = logits.sort(dim=-1, descending=True, stable=True)  # [B, V] each
+    if top_k is not None and max_top_k is not None and max_top_k <= PARTIAL_SORT_MAX_K:
+        ranked, order = logits.topk(max_top_k, dim=-1, sorted=True)  # [B, K] each
+    else:
+        ranked, order = logits.sort(dim=-1, descending=True, stable=True)  # [B, V] each
     if top_k is not None:
-        rank = torch.arange(vocab_size, device=logits.device)  # [V]
-        sorted_logits = sorted_logits.masked_fill(rank >= top_k[:, None], float("-inf"))
+        rank = torch.arange(ranked.shape[-1], device=logits.device)  # [K or V]
+        ranked = ranked.masked_fill(rank >= top_k[:, None], float("-inf"))
     if top_p is not None:
-        probs = sorted_logits.softmax(dim=-1)  # [B, V]
-        mass_above = probs.cumsum(dim=-1) - probs  # [B, V]; exactly 0 for the top token
+        probs = ranked.softmax(dim=-1)
+        mass_above = probs.cumsum(dim=-1) - probs  # exactly 0 for the top token
         cut = (mass_above >= top_p[:, None]) & (top_p[:, None] < 1.0)
-        sorted_logits = sorted_logits.masked_fill(cut, float("-inf"))
-    return torch.empty_like(logits).scatter_(-1, order, sorted_logits)  # back to token order
+        ranked = ranked.masked_fill(cut, float("-inf"))
+    out = torch.full_like(logits, float("-inf")) if ranked.shape != logits.shape else \
+        torch.empty_like(logits)
+    return out.scatter_(-1, order, ranked)  # back to token order
 
 
 def apply_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
@@ -350,7 +366,8 @@ class Sampler:
         logits = logits / batch.temperature[:, None]
         if batch.do_top_k or batch.do_top_p:
             logits = apply_top_k_top_p(logits, batch.top_k if batch.do_top_k else None,
-                                       batch.top_p if batch.do_top_p else None)
+                                       batch.top_p if batch.do_top_p else None,
+                                       batch.max_top_k if batch.do_top_k else None)
         if batch.do_min_p:
             logits = apply_min_p(logits, batch.min_p)
         probs = logits.softmax(dim=-1)  # [B, V]

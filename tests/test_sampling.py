@@ -293,3 +293,16 @@ def test_empty_batch_and_shape_mismatch():
     assert out.token_ids.shape == (0,)
     with pytest.raises(ValueError, match="logits of shape"):
         Sampler()(torch.zeros(2, VOCAB), SamplingBatch.from_sequences([make_seq()], VOCAB))
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**16), top_ks=st.lists(st.integers(1, 40), min_size=3, max_size=3),
+       top_p=st.floats(0.01, 1.0))
+def test_partial_ranking_keeps_what_the_full_sort_keeps(seed, top_ks, top_p):
+    """Ranking only the top max(top_k) tokens gives the full sort's result (top-p is applied
+    after top-k, over the kept tokens only); random logits have no ties."""
+    logits = random_logits(3, vocab=300, seed=seed)
+    top_k, top_p = torch.tensor(top_ks), torch.tensor([top_p, 1.0, top_p])
+    full = apply_top_k_top_p(logits, top_k, top_p)
+    partial = apply_top_k_top_p(logits, top_k, top_p, max_top_k=max(top_ks))
+    assert torch.equal(partial, full)
