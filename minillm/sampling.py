@@ -343,23 +343,31 @@ class Sampler:
             raise ValueError(f"logits of shape {tuple(logits.shape)} do not match the sampling "
                              f"batch: expected ({len(batch)}, {batch.vocab_size})")
         raw = logits
-        logits = logits.to(torch.float32, copy=True)  # [B, V]; the raw logits stay for logprobs
-        if batch.do_penalties:
-            logits = apply_penalties(logits, batch)
-        if batch.banned_rows is not None:
-            logits[batch.banned_rows, batch.banned_token_ids] = float("-inf")
-
-        if batch.all_greedy:
-            token_ids = logits.argmax(dim=-1)
+        if batch.all_greedy and not batch.do_penalties and batch.banned_rows is None:
+            # Widening to float32 is exact, so the raw logits have the same argmax: no [B, V]
+            # float32 copy (about 0.1 ms a step at 256 x 151,936 on an H200).
+            token_ids = raw.argmax(dim=-1)
         else:
-            token_ids = self._sample(logits, batch)
-            if batch.any_greedy:
-                token_ids = torch.where(batch.greedy, logits.argmax(dim=-1), token_ids)
+            token_ids = self._filtered_sample(raw, batch)
 
         out = SamplerOutput(token_ids=token_ids)
         if batch.max_num_logprobs is not None:
             out.logprobs = self._logprobs(raw, token_ids, batch)
         return out
+
+    def _filtered_sample(self, raw: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+        """Penalties and banned tokens on a float32 copy, then greedy or sampled per row."""
+        logits = raw.to(torch.float32, copy=True)  # [B, V]; the raw logits stay for logprobs
+        if batch.do_penalties:
+            logits = apply_penalties(logits, batch)
+        if batch.banned_rows is not None:
+            logits[batch.banned_rows, batch.banned_token_ids] = float("-inf")
+        if batch.all_greedy:
+            return logits.argmax(dim=-1)
+        token_ids = self._sample(logits, batch)
+        if batch.any_greedy:
+            token_ids = torch.where(batch.greedy, logits.argmax(dim=-1), token_ids)
+        return token_ids
 
     def _sample(self, logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
         """Temperature, filters, softmax, exponential race: [B, V] -> [B] token ids."""
