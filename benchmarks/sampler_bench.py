@@ -2,8 +2,9 @@
 
 256 rows over Qwen3's 151,936-token vocabulary (the offline benchmark's batch), for each mix of
 `SamplingParams` a user would send: greedy, temperature, top-k, top-p, both, min-p, seeded
-rows, a repetition penalty. For top-k the full-vocabulary sort is timed beside the partial
-ranking (`torch.topk` up to the batch's largest top_k) that `apply_top_k_top_p` uses now.
+rows, a repetition penalty. For top-k and top-p the full-vocabulary sort is timed beside what
+`apply_top_k_top_p` does now: a partial ranking (`torch.topk` up to the batch's largest top_k),
+and for top-p alone a threshold search (`minillm.kernels.top_p`, on CUDA).
 
     python benchmarks/sampler_bench.py --out DIR            (a GPU; CPU works with --vocab)
 """
@@ -74,8 +75,9 @@ def main() -> None:
         build_ms = 1000 * (time.perf_counter() - t0)
         row = {"build_batch_ms": round(build_ms, 3),
                "sampler_ms": round(timed_ms(lambda b=batch: sampler(logits, b), device), 3)}
-        if batch.do_top_k:  # the same batch through the full-vocabulary sort
-            full = dataclasses.replace(batch, max_top_k=args.vocab)
+        if batch.do_top_k or batch.do_top_p:  # the same batch through the full sort
+            # (top_k = the whole vocabulary filters nothing but takes the sorting path)
+            full = dataclasses.replace(batch, do_top_k=True, max_top_k=args.vocab)
             row["sampler_full_sort_ms"] = round(timed_ms(lambda b=full: sampler(logits, b),
                                                          device), 3)
             same = torch.equal(sampler(logits, batch).token_ids,

@@ -35,6 +35,7 @@ from typing import NamedTuple
 
 import torch
 
+from minillm.layers.fusion import fused_kernels_enabled  # the same switch as the layers
 from minillm.sequence import Sequence
 from minillm.transfer import to_device
 
@@ -259,8 +260,15 @@ def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None,
     `max_top_k` (a host int, the largest top_k of the batch) lets the ranking stop there, a
     partial sort far cheaper than sorting a 150k vocabulary; without it the whole row is sorted,
     stably (lowest id first among ties, so top_k=1 keeps the token argmax picks). With it, which
-    of several tokens tied at the k-th place survive is `torch.topk`'s choice.
+    of several tokens tied at the k-th place survive is `torch.topk`'s choice. Top-p without
+    top-k on a GPU sorts nothing: `minillm.kernels.top_p` finds each row's threshold.
     """
+    if top_k is None and top_p is not None and logits.is_cuda and fused_kernels_enabled():
+        from minillm.kernels.top_p import top_p_threshold  # Triton: imported on a GPU only
+
+        # No sort at all: a per-row threshold found by search (ties with it are all kept).
+        return logits.masked_fill(logits < top_p_threshold(logits, top_p)[:, None],
+                                  float("-inf"))
     if top_k is not None and max_top_k is not None and max_top_k <= PARTIAL_SORT_MAX_K:
         ranked, order = logits.topk(max_top_k, dim=-1, sorted=True)  # [B, K] each
     else:

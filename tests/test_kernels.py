@@ -36,6 +36,8 @@ from minillm.kernels import (  # noqa: E402
     silu_and_mul_reference,
     store_kv,
     store_kv_reference,
+    top_p_threshold,
+    top_p_threshold_reference,
 )
 from minillm.kernels.decode_attention import choose_num_splits  # noqa: E402
 from minillm.layers.activation import SiluAndMul  # noqa: E402
@@ -302,3 +304,26 @@ def test_silu_and_mul_matches_the_layer(dtype, size):
     ref = silu_and_mul_reference(x)
     assert torch.equal(ref, SiluAndMul()(x))
     torch.testing.assert_close(silu_and_mul(x), ref, **FUSED_TOL[dtype])
+
+
+@pytest.mark.parametrize("scale", [0.3, 2.0, 8.0])
+@pytest.mark.parametrize("vocab", [5, 1000, 2500])
+def test_top_p_threshold_matches_the_sort(scale, vocab):
+    """The searched threshold is the sort's cut, to the float, for flat and peaked rows, top_p
+    tiny (only the top token), middling and 1 (nothing cut); vocab sizes below, at and across
+    the kernel's block of 1,024."""
+    gen = torch.Generator().manual_seed(vocab)
+    logits = (torch.randn(5, vocab, generator=gen) * scale).to(DEVICE)
+    top_p = torch.tensor([1e-6, 0.3, 0.8, 0.97, 1.0], device=DEVICE)
+    got = top_p_threshold(logits, top_p)
+    want = top_p_threshold_reference(logits, top_p)
+    assert torch.equal(got, want), (got, want)
+    kept = logits >= got[:, None]
+    assert kept[torch.arange(5), logits.argmax(-1)].all()  # the top token always stays
+    assert kept[-1].all()  # top_p = 1 keeps every token
+
+
+def test_top_p_threshold_keeps_every_token_tied_with_it():
+    logits = torch.tensor([[2.0, 1.0, 1.0, 1.0, -3.0]], device=DEVICE)
+    threshold = top_p_threshold(logits, torch.tensor([0.5], device=DEVICE))
+    assert threshold.item() == 1.0  # the sort keeps token 1 only; the threshold keeps 1, 2, 3

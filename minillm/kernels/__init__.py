@@ -7,6 +7,8 @@
 - `rms_norm`: residual add + RMSNorm in one pass (what `layers.norm.RMSNorm` computes).
 - `qk_norm_rope`: Qwen3's per-head query/key RMSNorm and the rotary embedding in one kernel.
 - `silu_and_mul`: SwiGLU's `silu(gate) * up` in one kernel.
+- `top_p_threshold`: each row's top-p cut as a logit threshold, found by search, not by sort
+  (the sampler uses it on CUDA).
 
 The layers call the last three on CUDA (see `minillm.layers.fusion`); elsewhere they run the
 PyTorch references' arithmetic.
@@ -21,6 +23,7 @@ from minillm.kernels.qk_norm_rope import qk_norm_rope, qk_norm_rope_reference
 from minillm.kernels.rms_norm import rms_norm, rms_norm_reference
 from minillm.kernels.silu_and_mul import silu_and_mul, silu_and_mul_reference
 from minillm.kernels.store_kv import store_kv, store_kv_reference
+from minillm.kernels.top_p import top_p_threshold, top_p_threshold_reference
 
 __all__ = [
     "decode_attention",
@@ -35,4 +38,6 @@ __all__ = [
     "silu_and_mul_reference",
     "store_kv",
     "store_kv_reference",
+    "top_p_threshold",
+    "top_p_threshold_reference",
 ]
