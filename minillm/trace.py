@@ -257,6 +257,7 @@ class TraceRecorder:
         self._base: dict[str, int] = {}
         self._cached_prev: bytes | None = None
         self._generated = self._evicted = 0  # counters at the previous capture
+        self._overlap_before = False  # the engine's overlap setting before attach()
 
     # ---- attach and detach ----
 
@@ -272,6 +273,11 @@ class TraceRecorder:
         self._t0 = self._last = time.perf_counter()
         if self.engine is not None:
             self.engine.step_observers.append(self._observe)
+            # Overlap scheduling reports a step one call late, after the next one is already
+            # scheduled: a recording wants each step whole, so the engine runs serially while
+            # it is attached (the tokens are the same either way).
+            self._overlap_before = self.engine.overlap
+            self.engine.overlap = False
         self.attached = True
         return self
 
@@ -280,6 +286,7 @@ class TraceRecorder:
         if self.attached:
             if self.engine is not None and self._observe in self.engine.step_observers:
                 self.engine.step_observers.remove(self._observe)
+                self.engine.overlap = self._overlap_before
             if self._owns_scheduler_trace:
                 self.scheduler.trace, self._owns_scheduler_trace = None, False
             self.attached = False

@@ -295,3 +295,17 @@ def test_trace_module_imports_no_plotting_library():
 def test_trace_step_from_dict_fills_defaults():
     step = TraceStep.from_dict({"step": 4, "prefill": {"2": 7}, "decode": [1]})
     assert step.prefill == {2: 7} and step.num_tokens == 8 and step.hit_rate == 0.0
+
+
+def test_recording_runs_the_engine_serially_and_gives_overlap_back(checkpoint, prompts):
+    """With overlap a step is reported after the next is scheduled; a recording wants each
+    step whole, so the recorder turns overlap off while attached (same tokens either way)."""
+    llm = make_llm(checkpoint, overlap_schedule=True)
+    free = llm.generate(prompts, GREEDY, use_tqdm=False)
+    recorder = Trace.record(llm)
+    assert llm.engine.overlap is False
+    recorded = llm.generate(prompts, GREEDY, use_tqdm=False)
+    trace = recorder.detach()
+    assert llm.engine.overlap is True
+    assert sum(len(t.finished) for t in trace) == len(prompts)  # every finish is in the trace
+    assert [o.token_ids for o in recorded] == [o.token_ids for o in free]
