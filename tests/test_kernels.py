@@ -307,15 +307,18 @@ def test_silu_and_mul_matches_the_layer(dtype, size):
 
 
 @pytest.mark.parametrize("scale", [0.3, 2.0, 8.0])
-@pytest.mark.parametrize("vocab", [5, 1000, 2500])
-def test_top_p_threshold_matches_the_sort(scale, vocab):
+@pytest.mark.parametrize("vocab, chunk", [(5, 8192), (1000, 8192), (2500, 1024), (3000, 2048)])
+def test_top_p_threshold_matches_the_sort(scale, vocab, chunk):
     """The searched threshold is the sort's cut, to the float, for flat and peaked rows, top_p
-    tiny (only the top token), middling and 1 (nothing cut); vocab sizes below, at and across
-    the kernel's block of 1,024."""
+    tiny (only the top token), middling and 1 (nothing cut); rows in one chunk and in several
+    (a last chunk cut short), with a whole chunk at -inf (banned tokens) in one row."""
     gen = torch.Generator().manual_seed(vocab)
-    logits = (torch.randn(5, vocab, generator=gen) * scale).to(DEVICE)
+    logits = torch.randn(5, vocab, generator=gen) * scale
+    if vocab > chunk:
+        logits[2, :chunk] = float("-inf")
+    logits = logits.to(DEVICE)
     top_p = torch.tensor([1e-6, 0.3, 0.8, 0.97, 1.0], device=DEVICE)
-    got = top_p_threshold(logits, top_p)
+    got = top_p_threshold(logits, top_p, chunk=chunk)
     want = top_p_threshold_reference(logits, top_p)
     assert torch.equal(got, want), (got, want)
     kept = logits >= got[:, None]

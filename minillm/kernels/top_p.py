@@ -3,10 +3,15 @@
 Top-p keeps the smallest set of most likely tokens whose probability reaches `top_p`. Sorting a
 151,936-token row to find it costs about 5 ms for 256 rows on an H200, most of a decode step.
 The set is also "every token whose logit is at least t", for the largest t whose tokens carry
-a mass of at least `top_p`, and t can be found by search instead of by sorting: one program
-per row computes the row's softmax normaliser in one pass, then narrows t by a 16-way search
-over the logits' float32 bit patterns (read as ordered integers), each pass over the row
-testing 16 candidates at once. Eight or nine passes pin t to one float exactly.
+a mass of at least `top_p`, and t can be found by search instead of by sorting. Each row is cut
+into chunks, one program per (row, chunk), so the whole GPU reads the logits:
+
+1. `_chunk_stats`: each chunk's max and softmax sum; combined per row into the normaliser.
+2. Eight passes of a 16-way search over the logits' float32 bit patterns (read as ordered
+   integers): `_chunk_mass` sums, per chunk, the probability of the tokens at or above each
+   of 16 candidate thresholds; `_narrow` adds the chunks up and keeps the candidates that
+   bracket the cut. 17^8 > 2^32, so eight passes pin t to one float exactly, with no host
+   sync between them.
 
 Tokens tied with the threshold are all kept (the sorting reference keeps the lowest ids among
 them); rows with `top_p >= 1` keep everything. Logits: [B, V] float32 (the sampler's
@@ -19,8 +24,10 @@ import torch
 import triton
 import triton.language as tl
 
-BLOCK = 1024  # logits per iteration of a pass
+CHUNK = 8192  # logits per program
+BLOCK = 1024  # logits per iteration inside a program
 CANDIDATES = 16  # thresholds tested per pass
+PASSES = 8  # (CANDIDATES + 1) ** PASSES > 2 ** 32: the search ends on one key
 
 
 def top_p_threshold_reference(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
@@ -43,52 +50,90 @@ def _key(x):
 
 
 @triton.jit
-def _top_p_threshold_kernel(logits_ptr, top_p_ptr, out_ptr, stride, V,
-                            BLOCK: tl.constexpr, CANDIDATES: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
+def _chunk_stats(logits_ptr, max_ptr, sum_ptr, stride, V, CHUNK: tl.constexpr,
+                 BLOCK: tl.constexpr):
+    row, chunk = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    num_chunks = tl.num_programs(1)
     base = logits_ptr + row * stride
-    p = tl.load(top_p_ptr + row)
     offs = tl.arange(0, BLOCK)
-
-    # Pass 1: the row's max and softmax normaliser (online).
     m = float("-inf")
     s = 0.0
-    for start in range(0, V, BLOCK):
+    for start in range(chunk * CHUNK, chunk * CHUNK + CHUNK, BLOCK):
         x = tl.load(base + start + offs, mask=start + offs < V, other=float("-inf"))
         new_m = tl.maximum(m, tl.max(x, axis=0))
-        s = s * tl.exp(m - new_m) + tl.sum(tl.exp(x - new_m), axis=0)
+        shift = tl.where(new_m == float("-inf"), 0.0, new_m)  # all -inf so far: no NaN
+        s = s * tl.exp(m - shift) + tl.sum(tl.exp(x - shift), axis=0)  # exp(-inf) = 0
         m = new_m
-    target = p * s
+    tl.store(max_ptr + row * num_chunks + chunk, m)
+    tl.store(sum_ptr + row * num_chunks + chunk, s)
 
-    # Search: `lo` always has mass(logit >= lo) >= target, `hi` never; stop when adjacent.
-    lo = tl.full((), -2147483648, tl.int64)  # below every key: the whole row's mass
-    hi = _key(m).to(tl.int64) + 1  # above the max: no mass
+
+@triton.jit
+def _candidates(lo, hi, CANDIDATES: tl.constexpr):
+    """CANDIDATES keys spread over the open interval (lo, hi), ascending."""
     steps = tl.arange(1, CANDIDATES + 1).to(tl.int64)
-    while hi - lo > 1:
-        cand = lo + ((hi - lo) * steps) // (CANDIDATES + 1)  # [C], ascending, in (lo, hi)
-        mass = tl.zeros((CANDIDATES,), tl.float32)
-        for start in range(0, V, BLOCK):
-            x = tl.load(base + start + offs, mask=start + offs < V, other=float("-inf"))
-            e = tl.exp(x - m)  # 0 for the padding
-            k = _key(x).to(tl.int64)
-            hit = k[:, None] >= cand[None, :]  # [BLOCK, C]
-            mass += tl.sum(tl.where(hit, e[:, None], 0.0), axis=0)
-        ok = mass >= target  # True for a prefix of the ascending candidates
-        lo = tl.maximum(lo, tl.max(tl.where(ok, cand, lo), axis=0))
-        hi = tl.minimum(hi, tl.min(tl.where(ok, hi, cand), axis=0))
-
-    key = lo.to(tl.int32)
-    bits = tl.where(key >= 0, key, key ^ 0x7FFFFFFF)
-    threshold = bits.to(tl.float32, bitcast=True)
-    tl.store(out_ptr + row, tl.where(p >= 1.0, float("-inf"), threshold))
+    return lo + ((hi - lo) * steps) // (CANDIDATES + 1)
 
 
-def top_p_threshold(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+@triton.jit
+def _chunk_mass(logits_ptr, row_max_ptr, lo_ptr, hi_ptr, mass_ptr, stride, V,
+                CHUNK: tl.constexpr, BLOCK: tl.constexpr, CANDIDATES: tl.constexpr):
+    row, chunk = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    num_chunks = tl.num_programs(1)
+    base = logits_ptr + row * stride
+    m = tl.load(row_max_ptr + row)
+    cand = _candidates(tl.load(lo_ptr + row), tl.load(hi_ptr + row), CANDIDATES)  # [C]
+    offs = tl.arange(0, BLOCK)
+    mass = tl.zeros((CANDIDATES,), tl.float32)
+    for start in range(chunk * CHUNK, chunk * CHUNK + CHUNK, BLOCK):
+        x = tl.load(base + start + offs, mask=start + offs < V, other=float("-inf"))
+        e = tl.exp(x - m)  # 0 for the padding
+        hit = _key(x).to(tl.int64)[:, None] >= cand[None, :]  # [BLOCK, C]
+        mass += tl.sum(tl.where(hit, e[:, None], 0.0), axis=0)
+    out = mass_ptr + (row * num_chunks + chunk) * CANDIDATES + tl.arange(0, CANDIDATES)
+    tl.store(out, mass)
+
+
+@triton.jit
+def _narrow(mass_ptr, target_ptr, lo_ptr, hi_ptr, num_chunks,
+            CANDIDATES: tl.constexpr, CHUNKS: tl.constexpr):
+    """Per row: `lo` keeps mass(key >= lo) >= target, `hi` keeps it below; both move in."""
+    row = tl.program_id(0).to(tl.int64)
+    lo, hi = tl.load(lo_ptr + row), tl.load(hi_ptr + row)
+    cand = _candidates(lo, hi, CANDIDATES)
+    chunks = tl.arange(0, CHUNKS)
+    tile = tl.load(mass_ptr + (row * num_chunks + chunks[:, None]) * CANDIDATES
+                   + tl.arange(0, CANDIDATES)[None, :], mask=chunks[:, None] < num_chunks,
+                   other=0.0)  # [CHUNKS, C]
+    ok = tl.sum(tile, axis=0) >= tl.load(target_ptr + row)  # True on a prefix of candidates
+    tl.store(lo_ptr + row, tl.maximum(lo, tl.max(tl.where(ok, cand, lo), axis=0)))
+    tl.store(hi_ptr + row, tl.minimum(hi, tl.min(tl.where(ok, hi, cand), axis=0)))
+
+
+def top_p_threshold(logits: torch.Tensor, top_p: torch.Tensor,
+                    chunk: int = CHUNK) -> torch.Tensor:
     """Per row, the smallest logit that top-p keeps ([B] float32; -inf where top_p >= 1).
-    Keep `logits >= threshold[:, None]`."""
+    Keep `logits >= threshold[:, None]`. No host sync."""
     assert logits.dtype == torch.float32 and logits.stride(-1) == 1
     rows, vocab = logits.shape
-    out = torch.empty(rows, dtype=torch.float32, device=logits.device)
-    _top_p_threshold_kernel[(rows,)](logits, top_p.float().contiguous(), out, logits.stride(0),
-                                     vocab, BLOCK=BLOCK, CANDIDATES=CANDIDATES)
-    return out
+    num_chunks = triton.cdiv(vocab, chunk)
+    grid = (rows, num_chunks)
+    dev = logits.device
+    chunk_max = torch.empty(rows, num_chunks, dtype=torch.float32, device=dev)
+    chunk_sum = torch.empty_like(chunk_max)
+    _chunk_stats[grid](logits, chunk_max, chunk_sum, logits.stride(0), vocab, CHUNK=chunk,
+                       BLOCK=BLOCK)
+    row_max = chunk_max.amax(dim=1)  # [B]
+    target = top_p.float() * (chunk_sum * (chunk_max - row_max[:, None]).exp()).sum(dim=1)
+    lo = torch.full((rows,), -(2**31), dtype=torch.int64, device=dev)  # all of the mass
+    bits = row_max.view(torch.int32).long()
+    hi = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF) + 1  # above the max: none of it
+    mass = torch.empty(rows, num_chunks, CANDIDATES, dtype=torch.float32, device=dev)
+    for _ in range(PASSES):
+        _chunk_mass[grid](logits, row_max, lo, hi, mass, logits.stride(0), vocab, CHUNK=chunk,
+                          BLOCK=BLOCK, CANDIDATES=CANDIDATES)
+        _narrow[(rows,)](mass, target, lo, hi, num_chunks, CANDIDATES=CANDIDATES,
+                         CHUNKS=triton.next_power_of_2(num_chunks))
+    key = lo.int()
+    threshold = torch.where(key >= 0, key, key ^ 0x7FFFFFFF).view(torch.float32)
+    return torch.where(top_p >= 1.0, float("-inf"), threshold)
