@@ -7,14 +7,18 @@ a mass of at least `top_p`, and t can be found by search instead of by sorting. 
 into chunks, one program per (row, chunk), so the whole GPU reads the logits:
 
 1. `_chunk_stats`: each chunk's max and softmax sum; combined per row into the normaliser.
-2. Eight passes of a 16-way search over the logits' float32 bit patterns (read as ordered
+2. Fourteen passes of a 4-way search over the logits' float32 bit patterns (read as ordered
    integers): `_chunk_mass` sums, per chunk, the probability of the tokens at or above each
-   of 16 candidate thresholds; `_narrow` adds the chunks up and keeps the candidates that
-   bracket the cut. 17^8 > 2^32, so eight passes pin t to one float exactly, with no host
-   sync between them.
+   of 4 candidate thresholds; `_narrow` adds the chunks up and keeps the candidates that
+   bracket the cut. 5^14 > 2^32, so fourteen passes pin t to one float, with no host sync
+   between them. (A pass is bound by its compares, not by reading the row: on an H200, 4
+   candidates a pass took 1.1 ms in all, 16 took 1.8, 1 took 1.8, the sort 2.8.)
 
 Tokens tied with the threshold are all kept (the sorting reference keeps the lowest ids among
-them); rows with `top_p >= 1` keep everything. Logits: [B, V] float32 (the sampler's
+them); rows with `top_p >= 1` keep everything. The mass is summed in another order than the
+sort's cumulative sum, so where a row's cut lands within float32 rounding of `top_p` the two
+can differ by the one token at the edge (12 of 256 rows at top_p 0.95 over 151,936 tokens, all
+within 5e-6 of 0.95 in float64). Logits: [B, V] float32 (the sampler's
 temperature-scaled copy), unit stride along V.
 """
 
@@ -26,8 +30,7 @@ import triton.language as tl
 
 CHUNK = 8192  # logits per program
 BLOCK = 1024  # logits per iteration inside a program
-CANDIDATES = 16  # thresholds tested per pass
-PASSES = 8  # (CANDIDATES + 1) ** PASSES > 2 ** 32: the search ends on one key
+CANDIDATES = 4  # thresholds tested per pass
 
 
 def top_p_threshold_reference(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
@@ -82,13 +85,14 @@ def _chunk_mass(logits_ptr, row_max_ptr, lo_ptr, hi_ptr, mass_ptr, stride, V,
     num_chunks = tl.num_programs(1)
     base = logits_ptr + row * stride
     m = tl.load(row_max_ptr + row)
-    cand = _candidates(tl.load(lo_ptr + row), tl.load(hi_ptr + row), CANDIDATES)  # [C]
+    # In (lo, hi), so int32 holds them (the interval arithmetic needs int64).
+    cand = _candidates(tl.load(lo_ptr + row), tl.load(hi_ptr + row), CANDIDATES).to(tl.int32)
     offs = tl.arange(0, BLOCK)
     mass = tl.zeros((CANDIDATES,), tl.float32)
     for start in range(chunk * CHUNK, chunk * CHUNK + CHUNK, BLOCK):
         x = tl.load(base + start + offs, mask=start + offs < V, other=float("-inf"))
         e = tl.exp(x - m)  # 0 for the padding
-        hit = _key(x).to(tl.int64)[:, None] >= cand[None, :]  # [BLOCK, C]
+        hit = _key(x)[:, None] >= cand[None, :]  # [BLOCK, C], int32 compares
         mass += tl.sum(tl.where(hit, e[:, None], 0.0), axis=0)
     out = mass_ptr + (row * num_chunks + chunk) * CANDIDATES + tl.arange(0, CANDIDATES)
     tl.store(out, mass)
@@ -110,8 +114,16 @@ def _narrow(mass_ptr, target_ptr, lo_ptr, hi_ptr, num_chunks,
     tl.store(hi_ptr + row, tl.minimum(hi, tl.min(tl.where(ok, hi, cand), axis=0)))
 
 
-def top_p_threshold(logits: torch.Tensor, top_p: torch.Tensor,
-                    chunk: int = CHUNK) -> torch.Tensor:
+def num_passes(candidates: int) -> int:
+    """Search passes that narrow the 2**32 + 1 keys of the first interval down to one."""
+    size, passes = 2**32 + 1, 0
+    while size > 1:
+        size, passes = -(-size // (candidates + 1)), passes + 1
+    return passes
+
+
+def top_p_threshold(logits: torch.Tensor, top_p: torch.Tensor, chunk: int = CHUNK,
+                    candidates: int = CANDIDATES) -> torch.Tensor:
     """Per row, the smallest logit that top-p keeps ([B] float32; -inf where top_p >= 1).
     Keep `logits >= threshold[:, None]`. No host sync."""
     assert logits.dtype == torch.float32 and logits.stride(-1) == 1
@@ -128,11 +140,11 @@ def top_p_threshold(logits: torch.Tensor, top_p: torch.Tensor,
     lo = torch.full((rows,), -(2**31), dtype=torch.int64, device=dev)  # all of the mass
     bits = row_max.view(torch.int32).long()
     hi = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF) + 1  # above the max: none of it
-    mass = torch.empty(rows, num_chunks, CANDIDATES, dtype=torch.float32, device=dev)
-    for _ in range(PASSES):
+    mass = torch.empty(rows, num_chunks, candidates, dtype=torch.float32, device=dev)
+    for _ in range(num_passes(candidates)):
         _chunk_mass[grid](logits, row_max, lo, hi, mass, logits.stride(0), vocab, CHUNK=chunk,
-                          BLOCK=BLOCK, CANDIDATES=CANDIDATES)
-        _narrow[(rows,)](mass, target, lo, hi, num_chunks, CANDIDATES=CANDIDATES,
+                          BLOCK=BLOCK, CANDIDATES=candidates)
+        _narrow[(rows,)](mass, target, lo, hi, num_chunks, CANDIDATES=candidates,
                          CHUNKS=triton.next_power_of_2(num_chunks))
     key = lo.int()
     threshold = torch.where(key >= 0, key, key ^ 0x7FFFFFFF).view(torch.float32)
