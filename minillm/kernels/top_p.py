@@ -12,7 +12,8 @@ into chunks, one program per (row, chunk), so the whole GPU reads the logits:
    of 4 candidate thresholds; `_narrow` adds the chunks up and keeps the candidates that
    bracket the cut. 5^14 > 2^32, so fourteen passes pin t to one float, with no host sync
    between them. (A pass is bound by its compares, not by reading the row: on an H200, 4
-   candidates a pass took 1.1 ms in all, 16 took 1.8, 1 took 1.8, the sort 2.8.)
+   candidates a pass took 1.1-1.5 ms in all, 16 took 1.8, 1 took 1.8-2.3, the sort 2.8;
+   `benchmarks/top_p_bench.py`.)
 
 Tokens tied with the threshold are all kept (the sorting reference keeps the lowest ids among
 them); rows with `top_p >= 1` keep everything. The mass is summed in another order than the
