@@ -131,17 +131,27 @@ def test_demo_model_directory_is_a_plain_llama_checkpoint():
         os.listdir(path))
 
 
-def test_demo_model_answers_paris_with_transformers():
+def test_demo_model_answers_paris_through_minillm_as_transformers_does():
+    """The README's main job, in-process: `chat` answers Paris, greedy, and its tokens are
+    transformers' own on the same converted weights."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from minillm import LLM, SamplingParams
+
     path = demo_model_dir()
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    with LLM(path, device="cpu", dtype="float32", max_model_len=256) as llm:
+        ours = llm.chat(messages, SamplingParams(temperature=0.0, max_tokens=20))
+    assert "Paris" in ours.text
+
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    messages = [{"role": "user", "content": "What is the capital of France?"}]
     inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True,
                                            return_tensors="pt", return_dict=True)
+    assert inputs["input_ids"][0].tolist() == ours.prompt_token_ids
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=20, do_sample=False)
-    answer = tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-    assert "Paris" in answer
+    theirs = out[0, inputs["input_ids"].shape[1]:].tolist()
+    assert ours.token_ids == theirs[:len(ours.token_ids)]  # ours stops at EOS, as they do
+    assert "Paris" in tokenizer.decode(theirs, skip_special_tokens=True)
