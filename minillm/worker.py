@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import multiprocessing as mp
 import os
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,8 +80,35 @@ def share_cpu_threads(world_size: int) -> int:
     return old
 
 
-def _spawned_worker(rank: int, world_size: int, init_method: str, device_type: str) -> None:
+def _spawned_worker(rank: int, world_size: int, init_method: str, device_type: str,
+                    started) -> None:
+    started.set()  # bootstrapped: imports done, about to join the group
     run_worker(rank, world_size, init_method, device_type)
+
+
+# How long rank 0 waits for a spawned worker to start (import minillm, torch) before giving up.
+WORKER_START_TIMEOUT_S = 300.0
+
+
+def _wait_started(processes: list, events: list) -> None:
+    """Wait until every worker has started, or raise if one died first.
+
+    Joining the process group would otherwise wait for a dead worker for days: a worker can die
+    while bootstrapping, e.g. when a script without `if __name__ == "__main__":` makes each
+    spawned process run the script again.
+    """
+    deadline = time.monotonic() + WORKER_START_TIMEOUT_S
+    for rank, (p, started) in enumerate(zip(processes, events, strict=True), start=1):
+        while not started.wait(0.1):
+            if not p.is_alive():
+                raise RuntimeError(
+                    f"tensor-parallel worker rank {rank} died while starting (exit code "
+                    f"{p.exitcode}); its error is printed above. In a script, create the LLM "
+                    "under `if __name__ == \"__main__\":` (workers are spawned, and a spawned "
+                    "process imports the main script)")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"tensor-parallel worker rank {rank} did not start within "
+                                   f"{WORKER_START_TIMEOUT_S:.0f} s")
 
 
 class WorkerGroup:
@@ -108,11 +136,21 @@ class WorkerGroup:
         else:
             init_method = f"tcp://127.0.0.1:{distributed.free_port()}"
             ctx = mp.get_context("spawn")
-            for rank in range(1, self.world_size):
+            events = [ctx.Event() for _ in range(1, self.world_size)]
+            for rank, started in enumerate(events, start=1):
                 p = ctx.Process(target=_spawned_worker, daemon=True, name=f"minillm-tp{rank}",
-                                args=(rank, self.world_size, init_method, device_type))
+                                args=(rank, self.world_size, init_method, device_type, started))
                 p.start()
                 self.processes.append(p)
+            try:
+                _wait_started(self.processes, events)
+            except BaseException:  # no group was joined: just end what was started
+                for p in self.processes:
+                    p.kill()
+                    p.join()
+                if self._old_threads is not None:
+                    torch.set_num_threads(self._old_threads)
+                raise
             distributed.init_process_group(0, self.world_size, device_type, init_method)
         distributed.broadcast_object(config)
         atexit.register(_close_ref, weakref.ref(self))

@@ -7,6 +7,7 @@ import multiprocessing as mp
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -93,6 +94,70 @@ def test_error_in_rank0_mid_step_ends_workers(checkpoint, monkeypatch):
         llm.generate("Hello", GREEDY, use_tqdm=False)  # workers are left inside the forward
     llm.close()
     assert not any(p.is_alive() for p in workers)
+
+
+@pytest.fixture(scope="module")
+def qwen3(tmp_path_factory):
+    return make_checkpoint(str(tmp_path_factory.mktemp("qwen3-one")), "qwen3")
+
+
+def test_ordinary_error_in_rank0_mid_step_ends_workers(qwen3, monkeypatch):
+    """An exception (not an interrupt) in rank 0's forward: it reaches the caller as it is,
+    and leaving the `with` block ends the workers that wait inside the same step."""
+    with pytest.raises(RuntimeError, match="a bug in rank 0"):
+        with LLM(qwen3, tensor_parallel_size=2, **ENGINE) as llm:
+            workers = list(llm.engine.workers.processes)
+
+            def broken(*args, **kwargs):
+                raise RuntimeError("a bug in rank 0")
+
+            monkeypatch.setattr(llm.engine.runner, "run", broken)
+            llm.generate("Hello", GREEDY, use_tqdm=False)
+    assert not any(p.is_alive() for p in workers)
+    assert not mp.active_children()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, waiting for a parent that never reaps it, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_interpreter_exit_without_close_ends_workers(qwen3, tmp_path):
+    """A script that never calls close(): its workers end with the interpreter."""
+    script = tmp_path / "no_close.py"
+    script.write_text(  # the __main__ guard: spawned processes import the main script
+        "from minillm import LLM, SamplingParams\n"
+        "if __name__ == '__main__':\n"
+        f"    llm = LLM({qwen3!r}, tensor_parallel_size=2, **{ENGINE!r})\n"
+        "    print(*(p.pid for p in llm.engine.workers.processes), flush=True)\n"
+        "    llm.generate('Hello', SamplingParams(max_tokens=4), use_tqdm=False)\n")
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert run.returncode == 0, run.stderr
+    pids = [int(x) for x in run.stdout.split()]
+    assert len(pids) == 1
+    deadline = time.monotonic() + 10
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(pid_alive(p) for p in pids)
+
+
+def test_worker_dying_at_start_is_a_clear_error_not_a_hang(qwen3, tmp_path):
+    """A script without the `__main__` guard: each spawned worker runs the script again and
+    dies bootstrapping. Rank 0 says so and what to do, instead of waiting for it for days."""
+    script = tmp_path / "unguarded.py"
+    script.write_text("from minillm import LLM\n"
+                      f"LLM({qwen3!r}, tensor_parallel_size=2, **{ENGINE!r})\n")
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert run.returncode != 0
+    assert "worker rank 1 died while starting" in run.stderr
+    assert "__main__" in run.stderr
 
 
 def test_torchrun_starts_the_ranks(checkpoint, tmp_path):
