@@ -405,6 +405,31 @@ def test_dead_scheduler_fails_fast_with_503(checkpoint, tmp_path):
     assert wait_until(lambda: not any(alive(p) for p in pids.values() if isinstance(p, int)), 5)
 
 
+def test_dead_tokenizer_worker_turns_health_503_and_requests_fail_fast(checkpoint, tmp_path):
+    s = start_server(checkpoint, str(tmp_path))
+    try:
+        pids = s.get("/health").json()["pids"]
+        os.kill(pids["tokenizer"], signal.SIGKILL)
+        assert wait_until(lambda: s.get("/health").status_code == 503, 5)
+        assert "tokenizer" in s.get("/health").json()["error"]
+        t0 = time.monotonic()
+        r = s.post(CHAT, json={"messages": USER})
+        assert r.status_code == 503 and time.monotonic() - t0 < 1
+    finally:
+        s.stop()
+    assert wait_until(lambda: not any(alive(p) for p in pids.values() if isinstance(p, int)), 5)
+
+
+def test_sigint_ends_every_process(checkpoint, tmp_path):
+    """Ctrl-C in the terminal that runs `minillm serve`."""
+    s = start_server(checkpoint, str(tmp_path))
+    pids = s.pids()
+    assert all(alive(p) for p in pids)
+    s.proc.send_signal(signal.SIGINT)
+    s.proc.wait(timeout=15)
+    assert wait_until(lambda: not any(alive(p) for p in pids), 5), [p for p in pids if alive(p)]
+
+
 def test_sigterm_ends_every_process(checkpoint, tmp_path):
     """With tensor parallelism, so the scheduler's own worker process must end too."""
     s = start_server(checkpoint, str(tmp_path), "--tensor-parallel-size", "2")
