@@ -18,6 +18,7 @@ from minillm.kvcache import BlockManager, RadixPrefixCache
 from minillm.scheduler import Scheduler, StepTrace
 from minillm.sequence import Sequence
 from minillm.simulate import run, step
+from minillm.viz.blocks import ref_shade
 from minillm.viz.style import (
     RADIX_EVICTED_COLOR,
     RADIX_HIT_COLOR,
@@ -152,8 +153,11 @@ def test_draw_block_pool(shared):
     assert isinstance(fig, Figure)
     blocks = by_gid(fig, "block-")
     assert len(blocks) == bm.num_blocks == 12
-    assert blocks[2].get_facecolor()[:3] == pytest.approx(_rgb(seq_color(0)))
-    assert blocks[3].get_facecolor()[:3] == pytest.approx(_rgb(seq_color(1)))
+    assert bm.ref_counts[2] == bm.ref_counts[3] == 1  # one holder: the light shade
+    assert blocks[2].get_facecolor()[:3] == pytest.approx(_rgb(ref_shade(seq_color(0), 1)))
+    assert blocks[3].get_facecolor()[:3] == pytest.approx(_rgb(ref_shade(seq_color(1), 1)))
+    assert ref_shade(seq_color(0), 3) == seq_color(0)  # three or more: the full colour
+    assert ref_shade(seq_color(0), 1) != ref_shade(seq_color(0), 2) != seq_color(0)
     assert legend_labels(fig) == ["seq 0", "seq 1", "free", "evictable (cached, ref 0)",
                                   "in prefix cache"]
     texts = all_text(fig)

@@ -17,6 +17,7 @@ from minillm.viz.style import (
     EVICTABLE_COLOR,
     FREE_COLOR,
     UNOWNED_COLOR,
+    lighten,
     seq_color,
     text_color,
 )
@@ -64,6 +65,16 @@ def block_pool_text(block_manager: BlockManager, seqs: Iterable[Sequence] = (),
     return "\n".join(rows)
 
 
+# Shade = ref count: a block one sequence holds is a light tint of its owner's colour, a block
+# two hold is darker, three or more the full colour (with a "×n" label from two on).
+REF_TINTS = {1: 0.45, 2: 0.2}
+
+
+def ref_shade(color: str, ref_count: int) -> str:
+    """`color` tinted by how many sequences hold the block (darker = more holders)."""
+    return lighten(color, REF_TINTS.get(ref_count, 0.0))
+
+
 def draw_block_pool(block_manager: BlockManager, seqs: Iterable[Sequence] = (), ax=None,
                     cols: int | None = None, title: str | None = None):
     """Draw the pool as a grid of blocks; returns the matplotlib Figure.
@@ -75,7 +86,9 @@ def draw_block_pool(block_manager: BlockManager, seqs: Iterable[Sequence] = (), 
         cols: blocks per row (default: up to 16).
         title: the axes title (default: a summary of the pool).
 
-    Each block is a Rectangle with gid ``block-<id>``, so tests and tools can find it.
+    Colour = owning sequence (one stripe per owner when shared), shade = ref count (`ref_shade`),
+    diamond = in the prefix cache, hatch = evictable. Each block is a Rectangle with gid
+    ``block-<id>``, so tests and tools can find it.
     """
     require("matplotlib")
     from matplotlib.lines import Line2D
@@ -100,13 +113,13 @@ def draw_block_pool(block_manager: BlockManager, seqs: Iterable[Sequence] = (), 
         elif state in ("used", "cached") and not ids:
             face = UNOWNED_COLOR
         elif len(ids) == 1:
-            face = seq_color(ids[0])
+            face = ref_shade(seq_color(ids[0]), bm.ref_counts[b])
         elif ids:  # shared: one vertical stripe per owner
             face = "none"
             w = 0.9 / len(ids)
             for k, s in enumerate(ids):
                 ax.add_patch(Rectangle((x + 0.05 + k * w, y + 0.05), w, 0.9, lw=0,
-                                       facecolor=seq_color(s)))
+                                       facecolor=ref_shade(seq_color(s), bm.ref_counts[b])))
         ax.add_patch(Rectangle((x + 0.05, y + 0.05), 0.9, 0.9, facecolor=face, hatch=hatch,
                                edgecolor="#444444", lw=1.0, gid=f"block-{b}"))
         ax.text(x + 0.1, y + 0.12, str(b), fontsize=6.5, va="top", ha="left",
