@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from minillm.server.launcher import ServerProcess
+from tests.procs import alive
 from tests.tiny import make_checkpoint
 
 openai = pytest.importorskip("openai")
@@ -60,15 +61,6 @@ def start_server(model: str, log_dir: str, *extra: str, timeout: float = 60.0) -
         return server.start(timeout=timeout)
     except RuntimeError as e:
         pytest.fail(str(e))
-
-
-def alive(pid: int) -> bool:
-    """True while `pid` runs (a zombie, dead but not yet reaped, counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def wait_until(condition, timeout: float, interval: float = 0.05) -> bool:

@@ -13,6 +13,7 @@ import pytest
 
 from minillm import LLM, SamplingParams
 from minillm.distributed import free_port
+from tests.procs import alive
 from tests.tiny import make_checkpoint
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
@@ -117,15 +118,6 @@ def test_ordinary_error_in_rank0_mid_step_ends_workers(qwen3, monkeypatch):
     assert not mp.active_children()
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether `pid` runs (a zombie, waiting for a parent that never reaps it, does not)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_interpreter_exit_without_close_ends_workers(qwen3, tmp_path):
     """A script that never calls close(): its workers end with the interpreter."""
@@ -142,9 +134,9 @@ def test_interpreter_exit_without_close_ends_workers(qwen3, tmp_path):
     pids = [int(x) for x in run.stdout.split()]
     assert len(pids) == 1
     deadline = time.monotonic() + 10
-    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not any(pid_alive(p) for p in pids)
+    assert not any(alive(p) for p in pids)
 
 
 def test_worker_dying_at_start_is_a_clear_error_not_a_hang(qwen3, tmp_path):
