@@ -51,6 +51,8 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prefix-cache", default="radix", choices=("radix", "hash"))
     g.add_argument("--attention-backend", default="auto")
     g.add_argument("--enforce-eager", action="store_true")
+    g.add_argument("--load-format", default="auto", choices=("auto", "dummy"),
+                   help="dummy: random weights (the directory needs config and tokenizer only)")
     g.add_argument("--no-overlap-schedule", action="store_true",
                    help="read each step's tokens back before launching the next (GPU)")
     g.add_argument("--seed", type=int, default=0)
@@ -64,6 +66,7 @@ def _engine_kwargs(args: argparse.Namespace) -> dict:
                 num_kvcache_blocks=args.num_kvcache_blocks,
                 enable_prefix_caching=not args.no_prefix_caching, prefix_cache=args.prefix_cache,
                 attention_backend=args.attention_backend, enforce_eager=args.enforce_eager,
+                load_format=args.load_format,
                 overlap_schedule=False if args.no_overlap_schedule else None, seed=args.seed)
 
 

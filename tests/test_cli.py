@@ -45,6 +45,19 @@ def test_generate_streams_the_same_text_as_the_api(checkpoint, capsys):
     assert printed == text + "\n"
 
 
+def test_load_format_dummy_needs_no_weights(checkpoint, tmp_path, capsys):
+    """`--load-format dummy`: a directory with config and tokenizer only still generates."""
+    import shutil
+
+    shutil.copytree(checkpoint, tmp_path / "shape",
+                    ignore=shutil.ignore_patterns("*.safetensors"))
+    assert main(["generate", "Hello world", "--model", str(tmp_path / "shape"),
+                 "--max-tokens", "4", "--load-format", "dummy", *ENGINE]) == 0
+    assert capsys.readouterr().out.strip()
+    assert main(["generate", "Hello", "--model", str(tmp_path / "shape"), *ENGINE]) == 2
+    assert "no *.safetensors files" in capsys.readouterr().out
+
+
 def test_chat_shell_through_stdin(checkpoint):
     """Drive the interactive shell as a user would: two turns, a reset, exit."""
     env = {**os.environ, "PYTHONPATH": os.getcwd()}

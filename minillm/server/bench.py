@@ -177,7 +177,7 @@ def start_server(args: argparse.Namespace):
     flags = ["--log-level", "warning", "--device", args.device, "--dtype", args.dtype,
              "--tensor-parallel-size", str(args.tensor_parallel_size),
              "--max-model-len", str(args.max_model_len), "--max-num-seqs", str(args.max_num_seqs),
-             "--attention-backend", args.attention_backend]
+             "--attention-backend", args.attention_backend, "--load-format", args.load_format]
     if args.num_kvcache_blocks:
         flags += ["--num-kvcache-blocks", str(args.num_kvcache_blocks)]
     if args.enforce_eager:
@@ -208,6 +208,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-kvcache-blocks", type=int, default=None)
     g.add_argument("--enforce-eager", action="store_true")
     g.add_argument("--attention-backend", default="auto")
+    g.add_argument("--load-format", default="auto", choices=("auto", "dummy"),
+                   help="dummy: random weights in the model's shape (config and tokenizer only)")
     g.add_argument("--server-timeout", type=float, default=600.0,
                    help="seconds to wait for the server to load the model")
 
@@ -238,7 +240,8 @@ def main(args: argparse.Namespace) -> int:
         if server is not None:
             server.stop()
     result = {
-        "engine": "minillm", "device": engine.get("device", "unknown"), "model": model,
+        "engine": "minillm", "device": engine.get("device", "unknown"),
+        "model": model + (" (random weights)" if args.load_format == "dummy" else ""),
         "dtype": engine.get("dtype"), "command": "minillm " + " ".join(sys.argv[1:]),
         "commit": git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
