@@ -444,7 +444,7 @@ def test_bench_serve_writes_the_result_format(server, tmp_path):
     assert main(["bench", "serve", "--url", server.url, "--num-requests", "6",
                  "--min-prompt", "4", "--max-prompt", "16", "--min-output", "2",
                  "--max-output", "8", "--request-rate", "50", "--max-concurrency", "3",
-                 "--output", str(out)]) == 0
+                 "--save-detailed", "--output", str(out)]) == 0
     result = json.loads(out.read_text())
     for key in ("engine", "device", "model", "command", "commit", "num_requests", "request_rate",
                 "max_concurrency", "request_throughput", "output_throughput",
@@ -453,3 +453,7 @@ def test_bench_serve_writes_the_result_format(server, tmp_path):
         assert key in result, key
     assert result["completed"] == 6 and result["failed"] == 0
     assert 6 * 2 <= result["total_output_tokens"] <= 6 * 8
+    assert len(result["requests"]) == 6 and min(r["sent_s"] for r in result["requests"]) == 0
+    for r in result["requests"]:  # text chunks (if any: a tiny vocabulary) come in order
+        assert r["chunks_s"] == sorted(r["chunks_s"])
+        assert all(t > r["sent_s"] for t in r["chunks_s"])

@@ -58,6 +58,8 @@ class RequestResult:
     latency: float = 0.0  # seconds, arrival to last chunk
     itl: list[float] = field(default_factory=list)  # seconds between chunks
     error: str = ""
+    sent: float = 0.0  # perf_counter() when sent; with `chunks`, for --save-detailed timelines
+    chunks: list[float] = field(default_factory=list)  # perf_counter() of each text chunk
 
 
 def make_dataset(num_requests: int, prompt_len: tuple[int, int], output_len: tuple[int, int],
@@ -79,8 +81,8 @@ async def _one(client, url: str, model: str, spec: RequestSpec) -> RequestResult
     body = {"model": model, "prompt": spec.prompt, "max_tokens": spec.output_len,
             "temperature": 0.0, "ignore_eos": True, "stream": True,
             "stream_options": {"include_usage": True}}
-    result = RequestResult(ok=False)
     start = last = time.perf_counter()
+    result = RequestResult(ok=False, sent=start)
     try:
         async with client.stream("POST", url + "/v1/completions", json=body) as r:
             if r.status_code != 200:
@@ -100,6 +102,7 @@ async def _one(client, url: str, model: str, spec: RequestSpec) -> RequestResult
                     else:
                         result.itl.append(now - last)
                     last = now
+                    result.chunks.append(now)
         result.latency = last - start
         result.ok = result.output_tokens > 0
     except Exception as e:  # a benchmark reports failures; it does not stop at the first
@@ -167,6 +170,15 @@ def summarize(results: list[RequestResult], duration: float) -> dict:
     return metrics
 
 
+def timelines(results: list[RequestResult]) -> list[dict]:
+    """Per request: when it was sent and when each text chunk came, in seconds from the first
+    send; bursts of chunks with no gap show where a stream was held up on the way."""
+    t0 = min(r.sent for r in results)
+    return [{"sent_s": round(r.sent - t0, 6), "chunks_s": [round(t - t0, 6) for t in r.chunks],
+             "prompt_tokens": r.prompt_tokens, "output_tokens": r.output_tokens,
+             "error": r.error} for r in results]
+
+
 # ---- a server of our own ----
 
 
@@ -198,6 +210,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-output", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default=None, help="JSON path (default: benchmarks/results/...)")
+    p.add_argument("--save-detailed", action="store_true",
+                   help="also write each request's send and text-chunk times (a timeline)")
     g = p.add_argument_group("server started without --url")
     g.add_argument("--model", default=None, help="local directory or hub id (default: demo)")
     g.add_argument("--device", default="auto")
@@ -254,6 +268,8 @@ def main(args: argparse.Namespace) -> int:
         "load_average_1m_at_start": round(load, 2),
         **summarize(results, duration),
     }
+    if args.save_detailed:
+        result["requests"] = timelines(results)
     print(json.dumps(result, indent=2))
     path = args.output or os.path.join(
         "benchmarks", "results",
