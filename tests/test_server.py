@@ -112,6 +112,43 @@ def test_messages_round_trip_through_msgpack():
         encode(object())
 
 
+def test_outputs_that_pile_up_reach_the_caller_as_one(checkpoint):
+    """A caller that falls behind the engine gets the backlog joined into one output: the same
+    text, tokens and logprobs, the later output's counts and finish; an error behind it still
+    comes after."""
+    from minillm.config import EngineConfig
+    from minillm.server.engine_client import EngineClient, EngineError
+    from minillm.server.messages import Output, RequestError, TokenLogprob
+
+    def out(i, text, finished=False):
+        return Output(0, text, [i], finished, "length" if finished else None, 5, i, 2,
+                      [TokenLogprob(text, i, -0.1 * i)])
+
+    async def run(items):
+        client = EngineClient(EngineConfig(model=checkpoint, device="cpu"))
+        client._send = lambda message: None  # no engine: the test plays the scheduler
+        outputs = client.generate({"max_tokens": 3}, prompt="hi")
+        first = asyncio.ensure_future(anext(outputs))
+        await asyncio.sleep(0)  # generate() now waits on its queue
+        for item in items:
+            client._queues[0].put_nowait(item)
+        got = [await first]
+        try:
+            got += [o async for o in outputs]
+        except EngineError as e:
+            got.append(e)
+        return got
+
+    (joined,) = asyncio.run(run([out(1, "a"), out(2, "b"), out(3, "c", finished=True)]))
+    assert (joined.text, joined.token_ids, joined.num_output_tokens) == ("abc", [1, 2, 3], 3)
+    assert joined.finished and joined.finish_reason == "length"
+    assert [lp.token_id for lp in joined.logprobs] == [1, 2, 3]
+    gone = RequestError(0, "the engine is gone", status=503)
+    partial, error = asyncio.run(run([out(1, "a"), out(2, "b"), gone]))
+    assert (partial.text, partial.finished) == ("ab", False)
+    assert isinstance(error, EngineError) and error.status == 503
+
+
 # ---- the OpenAI API through the openai client ----
 
 

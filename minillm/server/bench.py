@@ -268,7 +268,8 @@ def main(args: argparse.Namespace) -> int:
         "load_average_1m_at_start": round(load, 2),
         **summarize(results, duration),
     }
-    if args.save_detailed:
+    if args.save_detailed:  # t0: the first send, on the host's monotonic clock (as servers' logs)
+        result["t0_perf_counter"] = min(r.sent for r in results)
         result["requests"] = timelines(results)
     print(json.dumps(result, indent=2))
     path = args.output or os.path.join(

@@ -29,6 +29,7 @@ decides the order of the shutdown.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import multiprocessing as mp
 import os
@@ -249,7 +250,8 @@ class EngineClient:
 
     async def generate(self, params: dict[str, Any], prompt: str | list[int] | None = None,
                        messages: list[dict[str, str]] | None = None) -> AsyncIterator[Output]:
-        """One request's outputs, step by step, until the finished one.
+        """One request's outputs, step by step, until the finished one. Steps that arrived while
+        the caller was busy come joined into one output.
 
         Raises `EngineError`: status 400 when the prompt cannot run (too long, empty messages),
         503 when the engine is gone. Closing the iterator early aborts the request.
@@ -264,20 +266,32 @@ class EngineClient:
                               "prompt" if messages is None else "messages") from None
         queue: asyncio.Queue = asyncio.Queue()
         self._queues[rid] = queue
+        backlog: collections.deque = collections.deque()  # taken from the queue, not yet given
         done = False
         start = last = time.perf_counter()
         try:
             self._send(message)
             while not done:
-                item = await queue.get()
-                if isinstance(item, RequestError):
-                    done = True  # the engine never had it, or is gone: nothing to abort
-                    raise EngineError(item.message, item.status, item.param)
+                if not backlog:
+                    backlog.append(await queue.get())
+                while not queue.empty():
+                    backlog.append(queue.get_nowait())
                 now = time.perf_counter()
-                if item.token_ids:
-                    self.metrics.observe_token(last == start, now - start, now - last)
-                    last = now
-                done = item.finished
+                item = None
+                # Outputs that piled up while the caller was busy (a stream writing to a slow
+                # client, an API process behind the engine) go out as one: the caller's work
+                # then follows its own pace, not the engine's step rate. Text is unchanged.
+                while backlog and isinstance(backlog[0], Output) and not done:
+                    out = backlog.popleft()
+                    if out.token_ids:
+                        self.metrics.observe_token(last == start, now - start, now - last)
+                        last = now
+                    item = out if item is None else item.followed_by(out)
+                    done = out.finished
+                if item is None:  # a RequestError: the engine never had it, or is gone
+                    error = backlog.popleft()
+                    done = True  # nothing to abort
+                    raise EngineError(error.message, error.status, error.param)
                 if done:
                     self.metrics.observe_finished(item.finish_reason)
                 yield item

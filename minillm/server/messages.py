@@ -101,7 +101,8 @@ class TokenLogprob:
 
 @dataclass
 class Output:
-    """What one request gained in one engine step: the new text and tokens, nothing older."""
+    """What one request gained in one engine step (or, joined, in several): the new text and
+    tokens, nothing older."""
 
     rid: int
     text: str  # new completion text (stop strings already cut by the engine)
@@ -112,6 +113,15 @@ class Output:
     num_output_tokens: int  # completion tokens so far
     num_cached_tokens: int  # prompt tokens served by the prefix cache
     logprobs: list[TokenLogprob] | None = None  # one per new token, when asked
+
+    def followed_by(self, later: Output) -> Output:
+        """This output and the same request's next one as a single output (new text and tokens
+        joined; the counts and the finish of the later one)."""
+        logprobs = (None if self.logprobs is None and later.logprobs is None
+                    else (self.logprobs or []) + (later.logprobs or []))
+        return Output(self.rid, self.text + later.text, self.token_ids + later.token_ids,
+                      later.finished, later.finish_reason, later.num_prompt_tokens,
+                      later.num_output_tokens, later.num_cached_tokens, logprobs)
 
 
 @dataclass
