@@ -106,7 +106,9 @@ async def _one(client, url: str, model: str, spec: RequestSpec) -> RequestResult
         result.latency = last - start
         result.ok = result.output_tokens > 0
     except Exception as e:  # a benchmark reports failures; it does not stop at the first
-        result.error = f"{type(e).__name__}: {e}"
+        cause = e.__cause__ or e.__context__  # httpx's errors often say nothing themselves
+        result.error = (f"{type(e).__name__}: {e or repr(cause)} "
+                        f"(after {len(result.chunks)} chunks)")
     return result
 
 
