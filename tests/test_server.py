@@ -474,6 +474,28 @@ def test_sigterm_ends_every_process(checkpoint, tmp_path):
 # ---- the online benchmark ----
 
 
+def test_bench_serve_sends_an_infinite_rate_without_waiting(monkeypatch):
+    """Rate inf sends every request at once: not even a sleep(0) between two, which would let
+    the streams already running delay the rest (by seconds, with hundreds of them)."""
+    from minillm.server import bench
+
+    waits: list[float] = []
+
+    async def no_sleep(seconds):
+        waits.append(seconds)
+
+    async def fake_one(client, url, model, spec):
+        return bench.RequestResult(ok=True)
+
+    monkeypatch.setattr(bench, "_one", fake_one)
+    monkeypatch.setattr(bench.asyncio, "sleep", no_sleep)
+    specs = bench.make_dataset(12, (4, 8), (4, 8), seed=1)
+    for rate, expected_waits in ((float("inf"), 0), (5.0, 12)):
+        waits.clear()
+        results, _ = asyncio.run(bench.run_benchmark("http://unused", "m", specs, rate, None, 0))
+        assert len(results) == 12 and len(waits) == expected_waits
+
+
 def test_bench_serve_writes_the_result_format(server, tmp_path):
     from minillm.cli import main
 

@@ -119,7 +119,9 @@ async def run_benchmark(url: str, model: str, specs: list[RequestSpec], request_
 
     limit = max_concurrency or len(specs)
     semaphore = asyncio.Semaphore(limit)
-    limits = httpx.Limits(max_connections=limit, max_keepalive_connections=limit)
+    # No keep-alive: a request sent on a pooled connection just as the server closes it
+    # (uvicorn's keep-alive timeout) fails with a ReadError that is no fault of the server's.
+    limits = httpx.Limits(max_connections=limit, max_keepalive_connections=0)
     async with httpx.AsyncClient(timeout=None, limits=limits) as client:
         async def limited(spec: RequestSpec) -> RequestResult:
             async with semaphore:
@@ -128,7 +130,8 @@ async def run_benchmark(url: str, model: str, specs: list[RequestSpec], request_
         tasks = []
         start = time.perf_counter()
         for spec, gap in zip(specs, arrival_gaps(len(specs), request_rate, seed)):
-            await asyncio.sleep(gap)
+            if gap > 0:  # rate inf: all at once; even a sleep(0) per request would let
+                await asyncio.sleep(gap)  # the streams already running delay the rest
             tasks.append(asyncio.create_task(limited(spec)))
         results = await asyncio.gather(*tasks)
         return results, time.perf_counter() - start
