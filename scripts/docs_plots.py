@@ -116,6 +116,12 @@ def headline(r: Result) -> str:
         backend = (r.get("throughput") or {}).get("attention_backend") \
             if isinstance(r.get("throughput"), dict) else r.get("attention_backend")
         return text + (f" ({backend} attention)" if backend else "")
+    steps = r.get("steps")
+    if isinstance(steps, list) and steps and "wall_ms_median" in steps[0]:
+        wall = [s["wall_ms_median"] for s in steps]
+        device = [s["device_ms"] for s in steps]
+        return (f"prefill step: {min(wall):.1f}-{max(wall):.1f} ms wall for "
+                f"{min(device):.1f}-{max(device):.1f} ms on the device")
     speedups = r.kernel_speedups()
     if speedups:
         return (f"Triton vs torch: {min(speedups.values()):.1f}x to "
