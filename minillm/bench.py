@@ -186,6 +186,8 @@ def offline(args: argparse.Namespace) -> dict:
             raise ValueError("--model and --random-weights are exclusive: give one")
         model = write_preset(args.random_weights)
         extra = dict(load_format="dummy", skip_tokenizer_init=True)
+    else:
+        extra = dict(load_format=args.load_format, skip_tokenizer_init=args.skip_tokenizer_init)
     llm = LLM(model, device=args.device, dtype=args.dtype,
               tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len,
               max_num_seqs=args.max_num_seqs, enforce_eager=args.enforce_eager,
@@ -201,7 +203,9 @@ def offline(args: argparse.Namespace) -> dict:
         "engine": "minillm",
         "device": device_name(runner.device),
         "model": (f"{args.random_weights} (random weights)" if args.random_weights
-                  else os.path.basename(os.path.normpath(llm.config.model))),
+                  else os.path.basename(os.path.normpath(llm.config.model))
+                  + (" (random weights)" if args.load_format == "dummy" else "")),
+        "detokenized": llm.engine.tokenizer is not None,
         "dtype": runner.dtype_name,
         "command": "minillm " + " ".join(sys.argv[1:]),
         "commit": git_commit(),
@@ -230,7 +234,7 @@ def offline(args: argparse.Namespace) -> dict:
         # The peer may run the first --peer-num-requests only (transformers is slow): its
         # throughput is then that of this subset, and says so.
         n = min(args.peer_num_requests or len(prompts), len(prompts))
-        rw = bool(args.random_weights)
+        rw = bool(args.random_weights) or args.load_format == "dummy"
         if args.peer == "transformers":
             peer_tokens, peer_s, peer_out = run_transformers_cb(
                 model_dir, prompts[:n], outputs[:n], runner.device, dtype, random_weights=rw)
@@ -250,7 +254,7 @@ def offline(args: argparse.Namespace) -> dict:
             "peer_output_tokens_per_s": round(peer_out / peer_s, 2),
             "speedup_vs_peer": round((out_tokens / elapsed) / (peer_out / peer_s), 2),
         })
-        if not args.random_weights:  # two random initialisations share no tokens
+        if not rw:  # two random initialisations share no tokens
             result["greedy_requests_equal_to_peer"] = sum(
                 a == b for a, b in zip(tokens, peer_tokens))
     return result
@@ -263,6 +267,10 @@ def add_parser(sub) -> None:
     p.add_argument("--model", default=None, help="local directory or hub id (default: demo)")
     p.add_argument("--random-weights", choices=sorted(PRESETS), default=None,
                    help="benchmark this architecture with random weights instead of --model")
+    p.add_argument("--load-format", default="auto", choices=("auto", "dummy"),
+                   help="with --model: dummy fills random weights (config and tokenizer only)")
+    p.add_argument("--skip-tokenizer-init", action="store_true",
+                   help="with --model: no tokenizer, so no detokenization in the timed loop")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--tensor-parallel-size", type=int, default=1)

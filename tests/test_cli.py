@@ -105,4 +105,22 @@ def test_bench_offline_writes_the_result_format(checkpoint, tmp_path, capsys, pe
                 "output_tokens", "elapsed_s", "output_tokens_per_s", "total_tokens_per_s",
                 "tensor_parallel_size", "peer_engine", "peer_output_tokens_per_s"):
         assert key in result
-    assert result["greedy_requests_equal_to_peer"] == 4
+    assert result["greedy_requests_equal_to_peer"] == 4 and result["detokenized"]
+
+
+def test_bench_offline_dummy_weights_and_no_tokenizer(checkpoint, tmp_path):
+    """`--load-format dummy` runs a shape-only directory; `--skip-tokenizer-init` takes the
+    detokenizer out of the timed loop; the record says which."""
+    import shutil
+
+    shape = tmp_path / "shape"
+    shutil.copytree(checkpoint, shape, ignore=shutil.ignore_patterns("*.safetensors"))
+    base = ["bench", "offline", "--model", str(shape), "--load-format", "dummy",
+            "--device", "cpu", "--num-requests", "3", "--min-prompt", "4", "--max-prompt", "8",
+            "--min-output", "2", "--max-output", "4", "--max-model-len", "64"]
+    for extra, detokenized in (([], True), (["--skip-tokenizer-init"], False)):
+        out = tmp_path / f"r{len(extra)}.json"
+        assert main([*base, *extra, "--output", str(out)]) == 0
+        result = json.loads(out.read_text())
+        assert result["detokenized"] is detokenized
+        assert result["model"] == "shape (random weights)" and result["output_tokens"] >= 6
