@@ -36,6 +36,7 @@ class Tokenizer:
         from transformers import AutoTokenizer
 
         self.hf_tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self._rust_decode = _plain_rust_decode(self.hf_tokenizer)
         self.eos_token_ids: tuple[int, ...] = _eos_token_ids(self.hf_tokenizer, model_dir)
         self.vocab_size: int = len(self.hf_tokenizer)
 
@@ -46,6 +47,8 @@ class Tokenizer:
     def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         """Text of `token_ids`. No clean-up of tokenization spaces (" ." -> "."): streamed text
         could not take that back, and `decode` must agree with the streamed text."""
+        if self._rust_decode is not None:  # the same text, at half the cost (per step, per seq)
+            return self._rust_decode(list(token_ids), skip_special_tokens=skip_special_tokens)
         return self.hf_tokenizer.decode(list(token_ids), skip_special_tokens=skip_special_tokens,
                                         clean_up_tokenization_spaces=False)
 
@@ -63,6 +66,18 @@ class Tokenizer:
         text = self.hf_tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=add_generation_prompt)
         return self.hf_tokenizer.encode(text, add_special_tokens=False)
+
+
+def _plain_rust_decode(hf_tokenizer):
+    """The Rust tokenizer's `decode`, where transformers' `decode` (with no clean-up) is exactly
+    that call under Python layers that cost as much again; None for a tokenizer class that
+    overrides either step (its own decode then stays in charge)."""
+    owners = {name: next((c.__name__ for c in type(hf_tokenizer).__mro__ if name in c.__dict__),
+                         None) for name in ("decode", "_decode")}
+    plain = (owners["decode"] == "PreTrainedTokenizerBase"
+             and owners["_decode"] in ("TokenizersBackend", "PreTrainedTokenizerFast"))
+    backend = getattr(hf_tokenizer, "backend_tokenizer", None)
+    return backend.decode if plain and backend is not None else None
 
 
 def _check_messages(messages: object) -> None:

@@ -49,6 +49,20 @@ def test_decode_skips_special_tokens_unless_asked(tok):
     assert tok.decode(ids, skip_special_tokens=False) == "<|im_start|>hi<|im_end|>"
 
 
+def test_fast_decode_equals_the_transformers_decode(tok, tmp_path):
+    """`decode` calls the Rust tokenizer directly where transformers adds nothing to it: the
+    same text on random ids (partial characters, special tokens), byte-level and
+    SentencePiece-style alike."""
+    rng = random.Random(0)
+    for t in (tok, _sentencepiece_style_tokenizer(tmp_path)):
+        assert t._rust_decode is not None
+        for _ in range(300):
+            ids = [rng.randrange(t.vocab_size) for _ in range(rng.randint(1, 6))]
+            for skip in (True, False):
+                assert t.decode(ids, skip) == t.hf_tokenizer.decode(
+                    ids, skip_special_tokens=skip, clean_up_tokenization_spaces=False)
+
+
 def test_chat_template(tok):
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     ids = tok.apply_chat_template(messages)
