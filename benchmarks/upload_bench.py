@@ -1,8 +1,9 @@
 """Host cost of staging a step's inputs in pinned memory, three ways (CUDA only).
 
 A step uploads 5-9 small tensors built from Python lists (token ids, positions, slots, block
-tables). The prefill profile showed `aten::is_pinned` at ~2 ms for 9 calls a step: the check
-that `Tensor.pin_memory()` makes before pinning. This times, per upload of `n` int64 values:
+tables). torch.profiler put `aten::is_pinned` (the check `Tensor.pin_memory()` makes before
+pinning) at ~2 ms for 9 calls of a prefill step; this asks whether another way is cheaper,
+timing per upload of `n` int64 values:
 
 - `pin_memory`: `torch.tensor(data).pin_memory()` (is_pinned, then a pinned copy);
 - `empty_pinned`: `torch.empty(n, pin_memory=True).copy_(torch.tensor(data))` (no check);

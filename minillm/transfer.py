@@ -18,12 +18,7 @@ def host_tensor(data, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """`data` as a host tensor that can be copied to `device` without a sync (pinned when
     `device` is a GPU)."""
     t = torch.tensor(data, dtype=dtype)
-    if device.type != "cuda":
-        return t
-    # Not `t.pin_memory()`: it first asks the driver whether `t` is pinned already, which
-    # cost more than the copy (benchmarks/upload_bench.py). A block of the caching host
-    # allocator is pinned by construction.
-    return torch.empty(t.shape, dtype=dtype, pin_memory=True).copy_(t)
+    return t.pin_memory() if device.type == "cuda" else t
 
 
 def to_device(data, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
