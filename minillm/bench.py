@@ -23,6 +23,8 @@ import subprocess
 import sys
 import time
 
+from minillm.config import LOAD_FORMATS
+
 # Architectures for `--random-weights`: the shapes of real checkpoints, without their weights
 # (no model hub here). Field names are transformers' Qwen3Config's.
 PRESETS = {
@@ -267,7 +269,7 @@ def add_parser(sub) -> None:
     p.add_argument("--model", default=None, help="local directory or hub id (default: demo)")
     p.add_argument("--random-weights", choices=sorted(PRESETS), default=None,
                    help="benchmark this architecture with random weights instead of --model")
-    p.add_argument("--load-format", default="auto", choices=("auto", "dummy"),
+    p.add_argument("--load-format", default="auto", choices=LOAD_FORMATS,
                    help="with --model: dummy fills random weights (config and tokenizer only)")
     p.add_argument("--skip-tokenizer-init", action="store_true",
                    help="with --model: no tokenizer, so no detokenization in the timed loop")

@@ -8,6 +8,7 @@ import os
 from collections.abc import Sequence
 
 from minillm import __version__
+from minillm.config import LOAD_FORMATS
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -51,7 +52,7 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prefix-cache", default="radix", choices=("radix", "hash"))
     g.add_argument("--attention-backend", default="auto")
     g.add_argument("--enforce-eager", action="store_true")
-    g.add_argument("--load-format", default="auto", choices=("auto", "dummy"),
+    g.add_argument("--load-format", default="auto", choices=LOAD_FORMATS,
                    help="dummy: random weights (the directory needs config and tokenizer only)")
     g.add_argument("--no-overlap-schedule", action="store_true",
                    help="read each step's tokens back before launching the next (GPU)")

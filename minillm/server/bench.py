@@ -31,6 +31,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from minillm.config import LOAD_FORMATS
+
 # Short, common words: most are one token in any English BPE vocabulary, so a prompt of n
 # words is about n tokens (the exact count comes back in `usage`).
 WORDS = ("the of and to in is was for on are with as his they at be this from have or by one "
@@ -175,10 +177,9 @@ def summarize(results: list[RequestResult], duration: float) -> dict:
     return metrics
 
 
-def timelines(results: list[RequestResult]) -> list[dict]:
-    """Per request: when it was sent and when each text chunk came, in seconds from the first
-    send; bursts of chunks with no gap show where a stream was held up on the way."""
-    t0 = min(r.sent for r in results)
+def timelines(results: list[RequestResult], t0: float) -> list[dict]:
+    """Per request: when it was sent and when each text chunk came, in seconds from `t0` (the
+    first send); bursts of chunks with no gap show where a stream was held up on the way."""
     return [{"sent_s": round(r.sent - t0, 6), "chunks_s": [round(t - t0, 6) for t in r.chunks],
              "prompt_tokens": r.prompt_tokens, "output_tokens": r.output_tokens,
              "error": r.error} for r in results]
@@ -227,7 +228,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-kvcache-blocks", type=int, default=None)
     g.add_argument("--enforce-eager", action="store_true")
     g.add_argument("--attention-backend", default="auto")
-    g.add_argument("--load-format", default="auto", choices=("auto", "dummy"),
+    g.add_argument("--load-format", default="auto", choices=LOAD_FORMATS,
                    help="dummy: random weights in the model's shape (config and tokenizer only)")
     g.add_argument("--server-timeout", type=float, default=600.0,
                    help="seconds to wait for the server to load the model")
@@ -274,8 +275,8 @@ def main(args: argparse.Namespace) -> int:
         **summarize(results, duration),
     }
     if args.save_detailed:  # t0: the first send, on the host's monotonic clock (as servers' logs)
-        result["t0_perf_counter"] = min(r.sent for r in results)
-        result["requests"] = timelines(results)
+        result["t0_perf_counter"] = t0 = min(r.sent for r in results)
+        result["requests"] = timelines(results, t0)
     print(json.dumps(result, indent=2))
     path = args.output or os.path.join(
         "benchmarks", "results",
