@@ -42,7 +42,8 @@ def test_generate_equals_the_joined_stream(client):
     params = dict(max_tokens=12, temperature=0, ignore_eos=True)
     text = client.generate("The capital of France is", **params)
     pieces = list(client.stream("The capital of France is", **params))
-    assert len(pieces) > 1 and "".join(pieces) == text
+    assert pieces and "".join(pieces) == text  # how many pieces depends on timing: outputs
+    # that pile up while the API process is busy go out joined
     assert client.generate([5, 6, 7, 8], **params)  # token ids work too
 
 
